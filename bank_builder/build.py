@@ -1,0 +1,117 @@
+"""``build-bank``: training features -> coreset -> FAISS bank + manifest, held-out statistics and default
+thresholds, evaluation on the test split when there is one, written atomically as a new version."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bank_builder.calibrate import default_thresholds, held_out_training, held_out_validation
+from bank_builder.evaluate import Evaluation, evaluate
+from patchbank import bank as bankfmt
+from patchbank.coreset import CoresetSpec, create_sampler
+from patchbank.data import digest, has_split, list_samples
+from patchbank.extract import extract_all
+from patchbank.features import GRID, create_extractor
+from patchbank.index import PatchIndex
+from patchbank.scorer import BankScorer, input_size
+from patchbank.weights import WeightsRequest
+
+log = logging.getLogger(__name__)
+
+DEFAULT_METHOD = "rgb+fpfh"
+
+
+@dataclass
+class BuildRequest:
+    category: str
+    data_root: Path
+    banks: Path
+    method: str = DEFAULT_METHOD
+    options: dict[str, Any] = field(default_factory=dict)
+    coreset: CoresetSpec = field(default_factory=CoresetSpec)
+    weights: WeightsRequest = field(default_factory=WeightsRequest)
+    device: str = "cpu"
+    batch_size: int = 8
+    evaluate: bool = True
+    activate: bool = True
+    progress: bool = True
+
+
+@dataclass
+class BuildResult:
+    manifest: bankfmt.Manifest
+    evaluation: Evaluation | None
+    timings_s: dict[str, float] = field(default_factory=dict)
+
+
+@contextmanager
+def timed(timings: dict[str, float], stage: str) -> Iterator[None]:
+    """Record the wall-clock seconds of a build stage."""
+    start = time.perf_counter()
+    yield
+    timings[stage] = time.perf_counter() - start
+
+
+def build_bank(req: BuildRequest) -> BuildResult:
+    bankfmt.check_category(req.category)
+    timings: dict[str, float] = {}
+    train = list_samples(req.data_root, req.category, "train", kinds=["good"])
+    with timed(timings, "extractor"):
+        extractor = create_extractor(req.method, req.options, req.weights, req.device)
+    size = input_size(extractor.spec)
+    log.info("%s: %d training samples, features %s", req.category, len(train), extractor.spec.describe())
+
+    with timed(timings, "features"):
+        feats = extract_all(extractor, train, size, req.batch_size, req.progress)  # (N, 784, D)
+    flat = feats.reshape(-1, feats.shape[2])
+    with timed(timings, "coreset"):
+        sampler = create_sampler(req.coreset, device=req.device, progress=req.progress)
+        rows = sampler.run(flat)
+        index = PatchIndex(flat[rows], rows, device=req.device)
+    log.info("coreset: %d of %d patches (%s)", len(rows), len(flat), req.coreset.sampler)
+
+    with timed(timings, "held-out"):
+        if has_split(req.data_root, req.category, "validation"):
+            val = list_samples(req.data_root, req.category, "validation", kinds=["good"])
+            stats = held_out_validation(extractor, index, val, size, req.progress)
+        else:
+            stats = held_out_training(index, feats, GRID * GRID)
+    manifest = bankfmt.Manifest(
+        category=req.category,
+        version="v0000",
+        created_at=bankfmt.now_utc(),
+        method=extractor.spec.method,
+        features=extractor.spec,
+        weights=extractor.weights,
+        coreset=bankfmt.CoresetInfo(
+            spec=req.coreset, n_patches=len(flat), size=len(rows), projected_dim=sampler.projected_dim
+        ),
+        training=bankfmt.TrainingInfo(
+            n_samples=len(train), samples=[r.name for r in train], digest=digest(train)
+        ),
+        score_stats=stats,
+        thresholds=default_thresholds(stats),
+        libraries=bankfmt.library_versions(),
+    )
+
+    evaluation = None
+    if req.evaluate and has_split(req.data_root, req.category, "test"):
+        test = list_samples(req.data_root, req.category, "test")
+        with timed(timings, "evaluate"):
+            scorer = BankScorer(bankfmt.Bank(manifest, index, Path()), extractor)
+            evaluation = evaluate(scorer, test, req.progress)
+        manifest.evaluation = evaluation.model_dump(exclude={"scores", "category", "bank_version"})
+
+    with timed(timings, "write"):
+        final = bankfmt.write_version(
+            req.banks, manifest, lambda d: index.save(d / bankfmt.INDEX_FILE), activate=req.activate
+        )
+    if evaluation is not None:
+        evaluation.bank_version = final.version
+    return BuildResult(final, evaluation, timings)

@@ -1,0 +1,234 @@
+"""Command-line entry points: parse arguments, call one library function, print the result.
+
+Every :class:`PatchbankError` becomes a one-line ``error: ...`` on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from patchbank.errors import PatchbankError
+
+log = logging.getLogger("patchbank")
+
+
+def run(
+    main: Callable[[argparse.Namespace], int], parser: argparse.ArgumentParser, argv: Sequence[str] | None
+) -> int:
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if not getattr(args, "quiet", False) else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    logging.getLogger("faiss").setLevel(logging.WARNING)
+    try:
+        return main(args)
+    except PatchbankError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--category", required=True, help="category name, e.g. cable_gland")
+    p.add_argument(
+        "--data-root", type=Path, help="dataset root (MVTec 3D-AD layout); default PATCHBANK_DATA_ROOT"
+    )
+    p.add_argument("--banks", type=Path, help="banks directory; default PATCHBANK_BANKS")
+    p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars, warnings only")
+
+
+def build_bank_parser() -> argparse.ArgumentParser:
+    from patchbank.features import list_extractors
+
+    p = argparse.ArgumentParser(
+        prog="build-bank", description="Build a versioned anomaly bank for one category."
+    )
+    _common(p)
+    p.add_argument(
+        "--method", default="rgb+fpfh", choices=list_extractors(), help="feature method (default rgb+fpfh)"
+    )
+    p.add_argument("--backbone", help="timm backbone of rgb methods (default wide_resnet50_2)")
+    p.add_argument("--layers", help="comma-separated backbone feature levels (default 2,3)")
+    p.add_argument("--coreset-ratio", type=float, default=0.1, help="fraction of patches kept (default 0.1)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the coreset's random projection")
+    w = p.add_mutually_exclusive_group()
+    w.add_argument("--weights", type=Path, help="local RGB backbone weights (.safetensors or .pt state dict)")
+    w.add_argument(
+        "--random-weights",
+        nargs="?",
+        const=0,
+        type=int,
+        metavar="SEED",
+        help="randomly initialised backbone (tests and demos only)",
+    )
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--no-evaluate", action="store_true", help="skip evaluation on the test split")
+    p.add_argument("--json", type=Path, help="also write the evaluation as JSON")
+    return p
+
+
+def build_bank_main(argv: Sequence[str] | None = None) -> int:
+    return run(_build_bank, build_bank_parser(), argv)
+
+
+def _build_bank(args: argparse.Namespace) -> int:
+    from bank_builder.build import BuildRequest, build_bank
+    from bank_builder.evaluate import table
+    from patchbank.config import Settings, default_device, require
+    from patchbank.weights import WeightsRequest
+
+    s = Settings()
+    weights = args.weights or (s.weights if args.random_weights is None and args.method != "fpfh" else None)
+    req = BuildRequest(
+        category=args.category,
+        data_root=require(args.data_root or s.data_root, "data root", "--data-root", "PATCHBANK_DATA_ROOT"),
+        banks=require(args.banks or s.banks, "banks directory", "--banks", "PATCHBANK_BANKS"),
+        method=args.method,
+        options=_rgb_options(args.method, args.backbone, args.layers),
+        coreset=_coreset(args.coreset_ratio, args.seed),
+        weights=WeightsRequest(path=weights, random_seed=args.random_weights),
+        device=default_device(args.device or s.device),
+        batch_size=args.batch_size,
+        evaluate=not args.no_evaluate,
+        progress=not args.quiet,
+    )
+    result = build_bank(req)
+    m = result.manifest
+    print(
+        f"built {m.category}/{m.version} ({m.method}): {m.coreset.size} of {m.coreset.n_patches} patches, "
+        f"dim {m.features.dim}, image threshold {m.thresholds.image:.4g} ({m.score_stats.source})"
+    )
+    print(f"bank: {Path(req.banks) / m.category / m.version}")
+    print("timings: " + ", ".join(f"{k} {v:.1f} s" for k, v in result.timings_s.items()))
+    if result.evaluation is not None:
+        print(table(result.evaluation))
+        if args.json:
+            args.json.write_text(result.evaluation.model_dump_json(indent=2))
+    return 0
+
+
+def _rgb_options(method: str, backbone: str | None, layers: str | None) -> dict[str, object]:
+    """Options of the rgb part of ``method`` from --backbone / --layers (refused for fpfh)."""
+    from patchbank.errors import InputError
+
+    rgb: dict[str, object] = {}
+    if backbone:
+        rgb["backbone"] = backbone
+    if layers:
+        try:
+            rgb["layers"] = [int(v) for v in layers.split(",")]
+        except ValueError as exc:
+            raise InputError(f"--layers must be comma-separated integers, got {layers!r}") from exc
+    if rgb and "rgb" not in method:
+        raise InputError(f"--backbone/--layers apply to rgb methods, not {method}")
+    return {"rgb": rgb} if method == "rgb+fpfh" and rgb else rgb
+
+
+def _coreset(ratio: float, seed: int):  # -> CoresetSpec, with a one-line error for bad values
+    from pydantic import ValidationError
+
+    from patchbank.coreset import CoresetSpec
+    from patchbank.errors import InputError
+
+    try:
+        return CoresetSpec(ratio=ratio, seed=seed)
+    except ValidationError as exc:
+        raise InputError(f"--coreset-ratio must be in (0, 1], got {ratio}") from exc
+
+
+def evaluate_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="evaluate", description="Evaluate a bank on its category's test split.")
+    _common(p)
+    p.add_argument("--version", help="bank version (default: the active one)")
+    p.add_argument("--weights", type=Path, help="the bank's RGB weights file if it moved (sha256 must match)")
+    p.add_argument("--json", type=Path, help="write the figures and per-sample scores as JSON")
+    return p
+
+
+def evaluate_main(argv: Sequence[str] | None = None) -> int:
+    return run(_evaluate, evaluate_parser(), argv)
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from bank_builder.evaluate import evaluate, table
+    from patchbank.config import Settings, default_device, require
+    from patchbank.data import list_samples
+    from patchbank.scorer import load_scorer
+
+    s = Settings()
+    root = require(args.data_root or s.data_root, "data root", "--data-root", "PATCHBANK_DATA_ROOT")
+    banks = require(args.banks or s.banks, "banks directory", "--banks", "PATCHBANK_BANKS")
+    weights = args.weights or s.weights
+    scorer = load_scorer(
+        banks,
+        args.category,
+        args.version,
+        default_device(args.device or s.device),
+        str(weights) if weights else None,
+    )
+    ev = evaluate(scorer, list_samples(root, args.category, "test"), progress=not args.quiet)
+    print(table(ev))
+    if args.json:
+        args.json.write_text(ev.model_dump_json(indent=2))
+    return 0
+
+
+def make_demo_data_parser() -> argparse.ArgumentParser:
+    from bank_builder.demo_data import DEFAULT_CATEGORIES
+
+    p = argparse.ArgumentParser(
+        prog="make-demo-data",
+        description="Write synthetic RGB + xyz inspection data in the MVTec 3D-AD layout.",
+    )
+    p.add_argument("out", type=Path, help="output dataset root")
+    p.add_argument("--categories", nargs="+", default=list(DEFAULT_CATEGORIES), help="categories to generate")
+    p.add_argument("--train", type=int, default=40, help="training samples per category")
+    p.add_argument("--validation", type=int, default=10, help="validation/good samples per category")
+    p.add_argument("--test", type=int, default=10, help="test samples per kind (good and each defect)")
+    p.add_argument("--size", default="400", help="image size in pixels: PX or WIDTHxHEIGHT")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quiet", action="store_true")
+    return p
+
+
+def make_demo_data_main(argv: Sequence[str] | None = None) -> int:
+    return run(_make_demo_data, make_demo_data_parser(), argv)
+
+
+def _parse_size(text: str) -> tuple[int, int]:
+    from patchbank.errors import InputError
+
+    try:
+        parts = [int(v) for v in text.lower().split("x")]
+    except ValueError:
+        parts = []
+    if len(parts) not in (1, 2):
+        raise InputError(f"--size must be PX or WIDTHxHEIGHT, got {text!r}")
+    return (parts[0], parts[-1])
+
+
+def _make_demo_data(args: argparse.Namespace) -> int:
+    from bank_builder.demo_data import generate
+
+    dirs = generate(
+        args.out,
+        args.categories,
+        n_train=args.train,
+        n_validation=args.validation,
+        n_test=args.test,
+        size=_parse_size(args.size),
+        seed=args.seed,
+        progress=not args.quiet,
+    )
+    for d in dirs:
+        print(f"wrote {d}")
+    return 0

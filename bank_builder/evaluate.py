@@ -1,0 +1,126 @@
+"""Evaluate a bank on a test split, as BTF does: I-AUROC, P-AUROC and AU-PRO at 224 x 224, overall and per
+defect kind (each kind against all good samples), plus the decision rates at the bank's image threshold."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+from pydantic import BaseModel, Field
+
+from patchbank.data import GOOD, SampleRef, read_mask
+from patchbank.errors import InputError
+from patchbank.extract import iter_batches
+from patchbank.metrics import au_pro, image_auroc, pixel_auroc
+from patchbank.preprocess import resize_mask
+from patchbank.scorer import BankScorer, score_patches
+
+
+class Figures(BaseModel):
+    image_auroc: float = Field(description="I-AUROC on image scores")
+    pixel_auroc: float = Field(description="P-AUROC on all pixels at 224 x 224")
+    au_pro: float = Field(description="AU-PRO integrated to FPR 0.3, normalised")
+    n: int = Field(description="samples (good + defective)")
+
+
+class SampleScore(BaseModel):
+    name: str
+    kind: str
+    image_score: float
+    is_anomalous: bool
+
+
+class Evaluation(BaseModel):
+    """What ``evaluate --json`` writes."""
+
+    category: str
+    bank_version: str
+    method: str
+    image_auroc: float
+    pixel_auroc: float
+    au_pro: float
+    n_test: int
+    per_defect: dict[str, Figures]
+    threshold: float
+    false_reject_rate: float = Field(description="good test samples scored above the threshold")
+    miss_rate: float = Field(description="defective test samples scored at or below the threshold")
+    scores: list[SampleScore]
+
+
+def figures(labels: np.ndarray, scores: np.ndarray, masks: np.ndarray, maps: np.ndarray) -> Figures:
+    return Figures(
+        image_auroc=image_auroc(labels, scores),
+        pixel_auroc=pixel_auroc(masks, maps),
+        au_pro=au_pro(masks, maps),
+        n=len(labels),
+    )
+
+
+def evaluate(scorer: BankScorer, refs: Sequence[SampleRef], progress: bool = True) -> Evaluation:
+    size = scorer.image_size
+    kinds = np.array([r.kind for r in refs])
+    if GOOD not in kinds or len(set(kinds)) < 2:
+        raise InputError("evaluation needs good and defective test samples (test/good and test/<defect>)")
+    scores, masks, maps = [], [], []
+    for chunk, prepared, feats in iter_batches(
+        scorer.extractor, refs, size, progress=progress, desc="evaluate"
+    ):
+        s = score_patches(scorer.bank.index, feats)
+        scores.append(s.image)
+        maps.append(s.maps)
+        for ref, p in zip(chunk, prepared, strict=True):
+            w, h = p.input_size
+            masks.append(resize_mask(read_mask(ref, (h, w)), size))
+    image = np.concatenate(scores)
+    amaps, gts = np.concatenate(maps), np.stack(masks)
+    labels = (kinds != GOOD).astype(int)
+    overall = figures(labels, image, gts, amaps)
+    per_defect = {}
+    for kind in sorted(set(kinds) - {GOOD}):
+        sel = (kinds == GOOD) | (kinds == kind)
+        per_defect[kind] = figures(labels[sel], image[sel], gts[sel], amaps[sel])
+    m = scorer.bank.manifest
+    thr = m.thresholds.image
+    decided = image > thr
+    return Evaluation(
+        category=m.category,
+        bank_version=m.version,
+        method=m.method,
+        image_auroc=overall.image_auroc,
+        pixel_auroc=overall.pixel_auroc,
+        au_pro=overall.au_pro,
+        n_test=len(refs),
+        per_defect=per_defect,
+        threshold=thr,
+        false_reject_rate=float(decided[labels == 0].mean()),
+        miss_rate=float((~decided[labels == 1]).mean()),
+        scores=[
+            SampleScore(name=r.name, kind=r.kind, image_score=float(v), is_anomalous=bool(d))
+            for r, v, d in zip(refs, image, decided, strict=True)
+        ],
+    )
+
+
+def table(ev: Evaluation) -> str:
+    """The figures as a fixed-width text table."""
+    rows = [("kind", "n", "I-AUROC", "P-AUROC", "AU-PRO")]
+    rows += [
+        (k, str(f.n), f"{f.image_auroc:.3f}", f"{f.pixel_auroc:.3f}", f"{f.au_pro:.3f}")
+        for k, f in ev.per_defect.items()
+    ]
+    rows.append(("all", str(ev.n_test), f"{ev.image_auroc:.3f}", f"{ev.pixel_auroc:.3f}", f"{ev.au_pro:.3f}"))
+    widths = [max(len(r[i]) for r in rows) for i in range(5)]
+    lines = [
+        "  ".join(
+            c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True))
+        )
+        for r in rows
+    ]
+    lines.insert(1, "-" * len(lines[0]))
+    lines.insert(len(lines) - 1, "-" * len(lines[0]))
+    head = f"{ev.category} {ev.bank_version} ({ev.method})"
+    foot = (
+        f"threshold {ev.threshold:.4g}: false-reject rate {ev.false_reject_rate:.3f}, "
+        f"miss rate {ev.miss_rate:.3f}"
+    )
+    return "\n".join([head, *lines, foot])

@@ -1,0 +1,283 @@
+"""The bank format: versioned directories of FAISS index + JSON manifest, written atomically.
+
+```
+BANKS/<category>/
+  ACTIVE                 the active version's name (one line), replaced atomically
+  v0001/                 immutable once written
+    manifest.json        Manifest (below), generated from the pydantic model
+    manifest.sha256      sha256 of manifest.json (the manifest holds the checksums of the other files)
+    index.faiss          faiss.write_index of an IndexIDMap2 (ids = training sample * 784 + patch)
+```
+A version is written to a temporary directory and renamed into place; calibrating or refreshing a bank makes
+a new version (``write_version`` with the same index files and a new manifest). No pickle anywhere.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from importlib import metadata
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from patchbank.coreset import CoresetSpec
+from patchbank.errors import BankError
+from patchbank.features.base import FeatureSpec
+from patchbank.index import PatchIndex
+from patchbank.weights import WeightsIdentity, sha256_file
+
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+MANIFEST_SUM = "manifest.sha256"
+INDEX_FILE = "index.faiss"
+ACTIVE = "ACTIVE"
+VERSION_RE = re.compile(r"^v(\d{4,})$")
+CATEGORY_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+LIBRARIES = ("patchbank", "torch", "timm", "faiss-cpu", "faiss-gpu", "open3d", "numpy", "scikit-learn")
+
+
+class CoresetInfo(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    spec: CoresetSpec
+    n_patches: int = Field(description="training patches before subsampling (samples x 784)")
+    size: int = Field(description="vectors kept in the bank")
+    projected_dim: int | None = Field(None, description="dimension the greedy selection ran in")
+
+
+class TrainingInfo(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    n_samples: int
+    samples: list[str] = Field(description="sample names in id order: vector id // 784 indexes this list")
+    digest: str = Field(description="sha256 over the training samples' names and file bytes")
+
+
+class ScoreStats(BaseModel):
+    """Image scores of good parts the bank did not see, and the decision thresholds derived from them."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    source: str = Field(description="validation (validation/good) or train-leave-one-out")
+    n: int
+    image_scores: list[float] = Field(description="reweighted image score of each held-out good sample")
+    map_maxima: list[float] = Field(description="largest value of each held-out good sample's anomaly map")
+    mean: float
+    std: float
+    quantiles: dict[str, float] = Field(description="p50, p90, p95, p99 and max of the image scores")
+
+
+class Thresholds(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    image: float = Field(description="image score above which a part is anomalous (NG)")
+    pixel: float = Field(description="anomaly-map value above which a pixel belongs to a defect region")
+    rule: str = Field(description="how the thresholds were set")
+
+
+class Manifest(BaseModel):
+    """Everything needed to rebuild a bank's scorer exactly, and to check that it is intact."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    format_version: int = FORMAT_VERSION
+    category: str
+    version: str = Field(description="vNNNN, assigned when the version is written")
+    created_at: str = Field(description="UTC, ISO 8601")
+    method: str = Field(description="feature method: fpfh, rgb or rgb+fpfh")
+    features: FeatureSpec
+    weights: WeightsIdentity
+    index_kind: str = "flat"
+    coreset: CoresetInfo
+    training: TrainingInfo
+    score_stats: ScoreStats
+    thresholds: Thresholds
+    evaluation: dict[str, object] | None = Field(
+        None, description="evaluate's figures on the test split, if any"
+    )
+    libraries: dict[str, str] = Field(description="versions of the libraries the bank was built with")
+    files: dict[str, str] = Field(default_factory=dict, description="sha256 of each file in the version dir")
+    parent: str | None = Field(None, description="the version this one was derived from (recalibration)")
+
+
+def library_versions() -> dict[str, str]:
+    found = {}
+    for name in LIBRARIES:
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return found
+
+
+def now_utc() -> str:
+    return datetime.now(UTC).replace(microsecond=0).isoformat()
+
+
+def check_category(name: str) -> str:
+    if not CATEGORY_RE.match(name):
+        raise BankError(f"invalid category name {name!r}: use letters, digits, '_', '-', '.' (max 64)")
+    return name
+
+
+def versions(banks: Path, category: str) -> list[str]:
+    """Written versions of a category, oldest first."""
+    cat = Path(banks) / check_category(category)
+    if not cat.is_dir():
+        return []
+    return sorted((p.name for p in cat.iterdir() if p.is_dir() and VERSION_RE.match(p.name)), key=_vnum)
+
+
+def _vnum(version: str) -> int:
+    m = VERSION_RE.match(version)
+    return int(m.group(1)) if m else -1
+
+
+def active_version(banks: Path, category: str) -> str | None:
+    path = Path(banks) / check_category(category) / ACTIVE
+    if not path.is_file():
+        return None
+    return path.read_text().strip() or None
+
+
+def set_active(banks: Path, category: str, version: str) -> None:
+    """Point ACTIVE at an existing version (atomic replace)."""
+    cat = Path(banks) / check_category(category)
+    if not (cat / version).is_dir():
+        raise BankError(f"cannot activate {category}/{version}: {cat / version} does not exist")
+    fd, tmp = tempfile.mkstemp(dir=cat, prefix=".ACTIVE.")
+    with os.fdopen(fd, "w") as f:
+        f.write(version + "\n")
+    os.replace(tmp, cat / ACTIVE)
+
+
+def list_categories(banks: Path) -> list[str]:
+    """Categories under ``banks`` that have at least one version."""
+    root = Path(banks)
+    if not root.is_dir():
+        return []
+    return sorted(
+        p.name for p in root.iterdir() if p.is_dir() and CATEGORY_RE.match(p.name) and versions(root, p.name)
+    )
+
+
+def write_version(
+    banks: Path,
+    manifest: Manifest,
+    write_files: Callable[[Path], None],
+    activate: bool = True,
+) -> Manifest:
+    """Write a new version of ``manifest.category`` atomically and return its final manifest.
+
+    ``write_files(dir)`` writes the data files (index...) into the temporary directory; their checksums,
+    the version name and the creation time are filled in here. Two writers never share a version number:
+    the rename onto an existing name fails and the next number is tried.
+    """
+    cat = Path(banks) / check_category(manifest.category)
+    cat.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=cat, prefix=".tmp-"))
+    try:
+        write_files(tmp)
+        files = {p.name: sha256_file(p) for p in sorted(tmp.iterdir()) if p.is_file()}
+        for attempt in range(100):
+            existing = versions(banks, manifest.category)
+            number = (_vnum(existing[-1]) if existing else 0) + 1 + attempt
+            final = manifest.model_copy(update={"version": f"v{number:04d}", "files": files})
+            text = final.model_dump_json(indent=2) + "\n"
+            (tmp / MANIFEST).write_text(text)
+            (tmp / MANIFEST_SUM).write_text(hashlib.sha256(text.encode()).hexdigest() + "\n")
+            try:
+                os.rename(tmp, cat / final.version)
+            except OSError:
+                continue
+            if activate:
+                set_active(banks, manifest.category, final.version)
+            return final
+        raise BankError(f"could not allocate a new version under {cat}")
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def copy_files_from(source_dir: Path) -> Callable[[Path], None]:
+    """A ``write_files`` that copies a version's data files unchanged (for recalibrated versions)."""
+
+    def write(dst: Path) -> None:
+        for p in source_dir.iterdir():
+            if p.is_file() and p.name not in (MANIFEST, MANIFEST_SUM):
+                shutil.copy2(p, dst / p.name)
+
+    return write
+
+
+@dataclass
+class Bank:
+    """A loaded, verified bank version."""
+
+    manifest: Manifest
+    index: PatchIndex
+    path: Path
+
+    @property
+    def ref(self) -> str:
+        return f"{self.manifest.category}/{self.manifest.version}"
+
+
+def read_manifest(version_dir: Path) -> Manifest:
+    """Parse and verify a version's manifest (its own checksum first)."""
+    mpath, spath = version_dir / MANIFEST, version_dir / MANIFEST_SUM
+    if not mpath.is_file() or not spath.is_file():
+        raise BankError(f"{version_dir} is not a bank version (no {MANIFEST} / {MANIFEST_SUM})")
+    raw = mpath.read_bytes()
+    if hashlib.sha256(raw).hexdigest() != spath.read_text().strip():
+        raise BankError(f"{mpath} is corrupt: its sha256 does not match {MANIFEST_SUM}")
+    try:
+        data = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise BankError(f"{mpath} is not valid JSON: {exc}") from exc
+    if data.get("format_version") != FORMAT_VERSION:
+        raise BankError(
+            f"{mpath} has bank format {data.get('format_version')!r}; this patchbank reads format {FORMAT_VERSION}"
+        )
+    try:
+        return Manifest.model_validate(data)
+    except ValidationError as exc:
+        raise BankError(f"{mpath} does not match the manifest schema: {exc.errors()[0]['msg']}") from exc
+
+
+def load_bank(banks: Path, category: str, version: str | None = None, device: str = "cpu") -> Bank:
+    """Load a version (the active one by default), verifying every checksum and the manifest."""
+    cat = Path(banks) / check_category(category)
+    if version is None:
+        version = active_version(banks, category)
+        if version is None:
+            raise BankError(
+                f"no bank for category {category!r}: {cat / ACTIVE} not found (run build-bank first)"
+            )
+    vdir = cat / version
+    if not vdir.is_dir():
+        raise BankError(f"bank version {category}/{version} not found at {vdir}")
+    manifest = read_manifest(vdir)
+    if manifest.category != category or manifest.version != version:
+        raise BankError(f"{vdir} holds {manifest.category}/{manifest.version}, not {category}/{version}")
+    for name, digest in manifest.files.items():
+        path = vdir / name
+        if not path.is_file():
+            raise BankError(f"bank {category}/{version} is incomplete: {path} is missing")
+        if sha256_file(path) != digest:
+            raise BankError(f"bank {category}/{version} is corrupt: {path} does not match its sha256")
+    index = PatchIndex.load(vdir / INDEX_FILE, kind=manifest.index_kind, device=device)
+    if index.dim != manifest.features.dim or len(index) != manifest.coreset.size:
+        raise BankError(
+            f"bank {category}/{version}: index holds {len(index)} x {index.dim}, "
+            f"manifest says {manifest.coreset.size} x {manifest.features.dim}"
+        )
+    return Bank(manifest, index, vdir)

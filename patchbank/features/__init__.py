@@ -1,0 +1,20 @@
+"""Feature extractors by name: ``fpfh``, ``rgb``, ``rgb+fpfh`` (see :mod:`patchbank.features.base`)."""
+
+from patchbank.features import fpfh, fused, rgb  # noqa: F401  (registers the extractors)
+from patchbank.features.base import (
+    GRID,
+    FeatureExtractor,
+    FeatureSpec,
+    create_extractor,
+    list_extractors,
+    resolve_options,
+)
+
+__all__ = [
+    "GRID",
+    "FeatureExtractor",
+    "FeatureSpec",
+    "create_extractor",
+    "list_extractors",
+    "resolve_options",
+]

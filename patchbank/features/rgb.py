@@ -1,0 +1,175 @@
+"""Deep RGB patch features (PatchCore / BTF): a timm backbone's intermediate layers, pooled to 28 x 28.
+
+Default: ``wide_resnet50_2`` features_only, layers 2 and 3 (512 + 1024 = 1536-d at 224 x 224 input).
+Weights come from :mod:`patchbank.weights` (pretrained tag, local file, or explicit random init).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+
+from patchbank.errors import InputError, WeightsError
+from patchbank.features.base import FeatureExtractor, FeatureSpec, register, to_grid, to_patches
+from patchbank.preprocess import Prepared
+from patchbank.weights import (
+    DEFAULT_PRETRAINED_TAGS,
+    WeightsIdentity,
+    WeightsRequest,
+    hub_offline_when_unreachable,
+    load_into,
+    offline_help,
+    params_sha256,
+    read_state_dict,
+    sha256_file,
+)
+
+log = logging.getLogger(__name__)
+
+
+class RGBOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    backbone: str = Field("wide_resnet50_2", description="timm model name")
+    layers: tuple[int, ...] = Field((2, 3), description="timm features_only out_indices")
+    image_size: int = Field(224, ge=32, description="input side length, pixels")
+
+
+def _create(opts: RGBOptions, pretrained: bool = False, tag: str | None = None) -> torch.nn.Module:
+    import timm
+
+    name = f"{opts.backbone}.{tag}" if tag else opts.backbone
+    if not pretrained:
+        return timm.create_model(name, features_only=True, out_indices=opts.layers)
+    with hub_offline_when_unreachable():
+        return timm.create_model(name, pretrained=True, features_only=True, out_indices=opts.layers)
+
+
+def build_backbone(opts: RGBOptions, request: WeightsRequest) -> tuple[torch.nn.Module, WeightsIdentity]:
+    """A backbone with the requested weights, and the identity to record in the manifest."""
+    import timm
+
+    if opts.backbone not in timm.list_models():
+        raise InputError(f"unknown timm backbone {opts.backbone!r}")
+    if request.path is not None:
+        path = Path(request.path).expanduser().resolve()
+        model = _create(opts)
+        load_into(model, read_state_dict(path), path)
+        ident = WeightsIdentity(kind="file", file=str(path), file_sha256=sha256_file(path))
+    elif request.random_seed is not None:
+        log.warning(
+            "using a RANDOMLY INITIALISED %s (seed %d): for tests and demos only, scores are not meaningful",
+            opts.backbone,
+            request.random_seed,
+        )
+        model = _random_model(opts, request.random_seed)
+        ident = WeightsIdentity(kind="random", seed=request.random_seed)
+    else:
+        tag = request.tag or DEFAULT_PRETRAINED_TAGS.get(opts.backbone)
+        full = f"{opts.backbone}.{tag}" if tag else opts.backbone
+        try:
+            model = _create(opts, pretrained=True, tag=tag)
+        except Exception as exc:  # network, hub and cache errors come in many types
+            raise WeightsError(f"{offline_help(full)} (cause: {type(exc).__name__}: {exc})") from exc
+        ident = WeightsIdentity(kind="pretrained", tag=full)
+    return model, ident.model_copy(update={"params_sha256": params_sha256(model)})
+
+
+def _random_model(opts: RGBOptions, seed: int) -> torch.nn.Module:
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return _create(opts)
+
+
+def rebuild_backbone(opts: RGBOptions, ident: WeightsIdentity, override: str | None) -> torch.nn.Module:
+    """The backbone a bank recorded; refuses weights whose file or parameter hash differs."""
+    if override is not None:
+        path = Path(override).expanduser().resolve()
+        if ident.kind == "file" and sha256_file(path) != ident.file_sha256:
+            raise WeightsError(
+                f"weights file {path} differs from the one the bank was built with "
+                f"(sha256 {ident.file_sha256}); refusing to score with other weights"
+            )
+        model = _create(opts)
+        load_into(model, read_state_dict(path), path)
+    elif ident.kind == "file":
+        assert ident.file is not None
+        path = Path(ident.file)
+        if not path.is_file():
+            raise WeightsError(
+                f"the bank's weights file {path} is missing; pass --weights PATH (or PATCHBANK_WEIGHTS) "
+                "to point at the same file (its sha256 must match)"
+            )
+        if sha256_file(path) != ident.file_sha256:
+            raise WeightsError(f"weights file {path} has changed since the bank was built (sha256 differs)")
+        model = _create(opts)
+        load_into(model, read_state_dict(path), path)
+    elif ident.kind == "random":
+        assert ident.seed is not None
+        log.warning(
+            "bank uses a RANDOMLY INITIALISED %s (seed %d): test/demo bank", opts.backbone, ident.seed
+        )
+        model = _random_model(opts, ident.seed)
+    elif ident.kind == "pretrained":
+        assert ident.tag is not None
+        try:
+            model = _create(opts, pretrained=True, tag=ident.tag.partition(".")[2] or None)
+        except Exception as exc:
+            raise WeightsError(f"{offline_help(ident.tag)} (cause: {type(exc).__name__}: {exc})") from exc
+    else:
+        raise WeightsError(f"an rgb extractor needs weights; the bank records {ident.kind!r}")
+    digest = params_sha256(model)
+    if ident.params_sha256 is not None and digest != ident.params_sha256:
+        raise WeightsError(
+            "the rebuilt backbone's parameters differ from those the bank was built with "
+            f"(params sha256 {digest[:12]}… != {ident.params_sha256[:12]}…); refusing other weights"
+        )
+    return model
+
+
+class RGBExtractor(FeatureExtractor):
+    name = "rgb"
+
+    def __init__(self, options: dict[str, Any], model: torch.nn.Module, ident: WeightsIdentity, device: str):
+        self.opts = RGBOptions(**options)
+        self.device = torch.device(device)
+        self.model = model.eval().to(self.device)
+        self.weights = ident
+        with torch.inference_mode():
+            probe = self.model(
+                torch.zeros(1, 3, self.opts.image_size, self.opts.image_size, device=self.device)
+            )
+        dim = sum(int(f.shape[1]) for f in probe)
+        self.spec = FeatureSpec(method=self.name, options=self.opts.model_dump(mode="json"), dim=dim)
+
+    def grid_maps(self, batch: Sequence[Prepared]) -> torch.Tensor:
+        """(B, D, 28, 28) pooled layer features, concatenated along channels."""
+        x = torch.from_numpy(np.stack([p.rgb for p in batch])).to(self.device)
+        with torch.inference_mode():
+            maps = [to_grid(f) for f in self.model(x)]
+        return torch.cat(maps, dim=1)
+
+    def extract(self, batch: Sequence[Prepared]) -> np.ndarray:
+        return to_patches(self.grid_maps(batch))
+
+
+def make_rgb(
+    options: dict[str, Any],
+    weights: WeightsRequest | WeightsIdentity | None,
+    device: str,
+    override: str | None,
+) -> RGBExtractor:
+    opts = RGBOptions(**options)
+    if isinstance(weights, WeightsIdentity):
+        return RGBExtractor(options, rebuild_backbone(opts, weights, override), weights, device)
+    model, ident = build_backbone(opts, weights or WeightsRequest())
+    return RGBExtractor(options, model, ident, device)
+
+
+register("rgb", RGBOptions)(make_rgb)

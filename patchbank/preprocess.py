@@ -1,0 +1,60 @@
+"""The one preprocessing shared by training, evaluation and serving (BTF's transforms).
+
+RGB: resized to 224 x 224 with PIL bicubic, scaled to [0, 1], ImageNet mean/std.
+xyz: nearest-resized to 224 x 224 with torch's ``nearest`` rule (as BTF), invalid = any coordinate zero.
+Masks: PIL nearest to 224 x 224 (as BTF), for metrics only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from PIL import Image
+
+IMAGE_SIZE = 224
+IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
+IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """One sample ready for feature extraction.
+
+    rgb: (3, S, S) float32, normalised; xyz: (S, S, 3) float32, metres; input_size: the RGB's (width, height).
+    """
+
+    rgb: np.ndarray
+    xyz: np.ndarray
+    input_size: tuple[int, int]
+
+
+def rgb_array(image: Image.Image, size: int = IMAGE_SIZE) -> np.ndarray:
+    """(3, size, size) float32: bicubic resize, /255, ImageNet normalisation."""
+    resized = image.convert("RGB").resize((size, size), Image.Resampling.BICUBIC)
+    arr = np.asarray(resized, dtype=np.float32) / 255.0
+    return np.ascontiguousarray(((arr - IMAGENET_MEAN) / IMAGENET_STD).transpose(2, 0, 1))
+
+
+def resize_xyz(xyz: np.ndarray, size: int = IMAGE_SIZE) -> np.ndarray:
+    """(size, size, 3) float32 by torch's nearest rule (src = floor(dst * in / out)), as BTF resizes clouds."""
+    t = torch.from_numpy(np.ascontiguousarray(xyz, dtype=np.float32)).permute(2, 0, 1)[None]
+    out = torch.nn.functional.interpolate(t, size=(size, size), mode="nearest")
+    return out[0].permute(1, 2, 0).contiguous().numpy()
+
+
+def valid_points(xyz: np.ndarray) -> np.ndarray:
+    """(H, W) bool: a point is valid when all three coordinates are non-zero (as BTF)."""
+    return np.all(xyz != 0, axis=-1)
+
+
+def resize_mask(mask: np.ndarray, size: int = IMAGE_SIZE) -> np.ndarray:
+    """(size, size) bool: PIL nearest resize of a bool (H, W) mask, as BTF's ground-truth transform."""
+    im = Image.fromarray(mask.astype(np.uint8) * 255)
+    return np.asarray(im.resize((size, size), Image.Resampling.NEAREST)) > 127
+
+
+def prepare(image: Image.Image, xyz: np.ndarray, size: int = IMAGE_SIZE) -> Prepared:
+    """Both modalities of one sample at the model's resolution."""
+    return Prepared(rgb=rgb_array(image, size), xyz=resize_xyz(xyz, size), input_size=image.size)

@@ -1,0 +1,165 @@
+"""PatchCore / BTF scoring of patch features against a bank.
+
+- patch score: L2 distance (not squared) from each test patch to its nearest bank vector;
+- image score: s = w * s*, s* the largest patch score, m_test that patch, m* its nearest bank vector, and
+  (PatchCore Eq. 7 as BTF's code computes it) w = 1 - exp(s*/sqrt(D)) / sum_k exp(||m_test - m_k|| / sqrt(D))
+  over m_k the 2nd and 3rd of the 3 nearest bank vectors of m* (m* itself is the first);
+- map: patch scores (28 x 28) bilinearly upsampled to 224 x 224, then a Gaussian blur with sigma 4 in float
+  (BTF blurs an 8-bit image: the one intended difference), optionally resized to the input's resolution.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from patchbank.bank import Bank, Manifest, load_bank
+from patchbank.errors import BankError
+from patchbank.features import create_extractor
+from patchbank.features.base import GRID, FeatureExtractor, FeatureSpec
+from patchbank.index import PatchIndex
+from patchbank.preprocess import IMAGE_SIZE, Prepared
+
+N_REWEIGHT = 3
+BLUR_SIGMA = 4.0
+
+
+@dataclass(frozen=True)
+class Scores:
+    """Scores of a batch of B samples.
+
+    image: (B,) float32 reweighted image scores; patches: (B, 28, 28) float32 patch scores;
+    maps: (B, 224, 224) float32 blurred anomaly maps.
+    """
+
+    image: np.ndarray
+    patches: np.ndarray
+    maps: np.ndarray
+
+
+def gaussian_kernel(sigma: float = BLUR_SIGMA) -> torch.Tensor:
+    """1-D Gaussian, radius 4 sigma, normalised to sum 1."""
+    radius = math.ceil(4 * sigma)
+    x = torch.arange(-radius, radius + 1, dtype=torch.float64)
+    k = torch.exp(-0.5 * (x / sigma) ** 2)
+    return (k / k.sum()).float()
+
+
+def blur(maps: torch.Tensor, sigma: float = BLUR_SIGMA) -> torch.Tensor:
+    """Separable Gaussian blur of (B, H, W) float maps, edges replicated (as PIL's box-blur approximation)."""
+    k = gaussian_kernel(sigma).to(maps.device)
+    r = (len(k) - 1) // 2
+    x = maps[:, None]
+    x = torch.nn.functional.pad(x, (r, r, 0, 0), mode="replicate")
+    x = torch.nn.functional.conv2d(x, k.view(1, 1, 1, -1))
+    x = torch.nn.functional.pad(x, (0, 0, r, r), mode="replicate")
+    x = torch.nn.functional.conv2d(x, k.view(1, 1, -1, 1))
+    return x[:, 0]
+
+
+def upsample(patch_scores: np.ndarray, size: int = IMAGE_SIZE) -> torch.Tensor:
+    """(B, G, G) -> (B, size, size) bilinear (align_corners False, as BTF's F.interpolate)."""
+    t = torch.from_numpy(np.ascontiguousarray(patch_scores, dtype=np.float32))[:, None]
+    return torch.nn.functional.interpolate(t, size=(size, size), mode="bilinear", align_corners=False)[:, 0]
+
+
+def resize_map(amap: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """(H, W) map -> (height, width) float32 by bilinear interpolation; ``size`` is (width, height)."""
+    t = torch.from_numpy(np.ascontiguousarray(amap, dtype=np.float32))[None, None]
+    out = torch.nn.functional.interpolate(t, size=(size[1], size[0]), mode="bilinear", align_corners=False)
+    return out[0, 0].numpy()
+
+
+def reweight(
+    index: PatchIndex, m_test: np.ndarray, m_star_rows: np.ndarray, s_star: np.ndarray
+) -> np.ndarray:
+    """PatchCore Eq. 7 weights w for B samples.
+
+    m_test: (B, D) the most anomalous patch of each sample; m_star_rows: (B,) bank rows of their nearest
+    vectors; s_star: (B,) their distances. Returns (B,) float32 w.
+    """
+    knn = index.search(index.vectors[m_star_rows], k=N_REWEIGHT)[:, 1:]  # (B, 2): neighbours of m* but m*
+    others = index.vectors[knn]  # (B, 2, D)
+    dists = np.linalg.norm(m_test[:, None, :].astype(np.float64) - others, axis=2)
+    sqrt_d = math.sqrt(index.dim)
+    w = 1.0 - np.exp(s_star / sqrt_d) / np.exp(dists / sqrt_d).sum(axis=1)
+    return w.astype(np.float32)
+
+
+def score_patches(
+    index: PatchIndex, patches: np.ndarray, exclude_rows: list[np.ndarray] | None = None
+) -> Scores:
+    """Score (B, 784, D) patch features against a bank.
+
+    ``exclude_rows``: per sample, an (M,) bool mask of bank rows to leave out of its search (held-out
+    scoring of training samples). The reweighting always searches the whole bank, as the published code.
+    """
+    b, n, d = patches.shape
+    if n != GRID * GRID:
+        raise ValueError(f"expected {GRID * GRID} patches per sample, got {n}")
+    if exclude_rows is None:
+        rows = index.search(patches.reshape(-1, d), k=1)[:, 0].reshape(b, n)
+    else:
+        rows = np.stack(
+            [index.search(p, k=1, exclude_rows=ex)[:, 0] for p, ex in zip(patches, exclude_rows, strict=True)]
+        )
+    # exact distances to the found neighbours (FAISS's expanded form loses precision for near-duplicates)
+    nearest = index.vectors[rows]  # (B, 784, D)
+    patch_scores = np.linalg.norm(patches.astype(np.float64) - nearest, axis=2)  # (B, 784)
+    top = patch_scores.argmax(axis=1)
+    s_star = patch_scores[np.arange(b), top]
+    w = reweight(index, patches[np.arange(b), top], rows[np.arange(b), top], s_star)
+    grid = patch_scores.reshape(b, GRID, GRID).astype(np.float32)
+    maps = blur(upsample(grid)).numpy()
+    return Scores(image=(w * s_star).astype(np.float32), patches=grid, maps=maps)
+
+
+class BankScorer:
+    """A bank and the very extractor it was built with: scores prepared samples end to end."""
+
+    def __init__(self, bank: Bank, extractor: FeatureExtractor) -> None:
+        check_compatible(bank.manifest, extractor)
+        self.bank = bank
+        self.extractor = extractor
+
+    @property
+    def image_size(self) -> int:
+        return input_size(self.bank.manifest.features)
+
+    def score(self, batch: Sequence[Prepared]) -> Scores:
+        return score_patches(self.bank.index, self.extractor.extract(batch))
+
+
+def input_size(spec: FeatureSpec) -> int:
+    """The model's input side length (224 unless an rgb backbone was configured otherwise)."""
+    rgb = spec.options.get("rgb", spec.options) if spec.method != "fpfh" else {}
+    return int(rgb.get("image_size", IMAGE_SIZE))
+
+
+def check_compatible(manifest: Manifest, extractor: FeatureExtractor) -> None:
+    """Refuse an extractor whose spec or weights differ from those the bank was built with."""
+    ref = f"{manifest.category}/{manifest.version}"
+    if extractor.spec != manifest.features:
+        raise BankError(
+            f"bank {ref} was built with features {manifest.features.describe()} "
+            f"but the extractor is {extractor.spec.describe()}; rebuild the bank or use its extractor"
+        )
+    if manifest.weights.params_sha256 != extractor.weights.params_sha256:
+        raise BankError(
+            f"bank {ref} was built with other backbone weights ({manifest.weights.kind}) than the extractor's"
+        )
+
+
+def load_scorer(
+    banks: Path, category: str, version: str | None = None, device: str = "cpu", weights: str | None = None
+) -> BankScorer:
+    """Load a bank and rebuild exactly the extractor its manifest records (``weights``: a moved file)."""
+    bank = load_bank(banks, category, version, device=device)
+    m = bank.manifest
+    extractor = create_extractor(m.features.method, m.features.options, m.weights, device, weights)
+    return BankScorer(bank, extractor)
