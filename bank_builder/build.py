@@ -16,6 +16,7 @@ from bank_builder.evaluate import Evaluation, evaluate
 from patchbank import bank as bankfmt
 from patchbank.coreset import CoresetSpec, create_sampler
 from patchbank.data import digest, has_split, list_samples
+from patchbank.errors import DataError
 from patchbank.extract import extract_all
 from patchbank.features import GRID, create_extractor
 from patchbank.index import PatchIndex
@@ -62,6 +63,10 @@ def build_bank(req: BuildRequest) -> BuildResult:
     bankfmt.check_category(req.category)
     timings: dict[str, float] = {}
     train = list_samples(req.data_root, req.category, "train", kinds=["good"])
+    if len(train) < 2:
+        raise DataError(
+            f"{req.data_root}/{req.category}/train/good holds {len(train)} sample; a bank needs 2 or more"
+        )
     with timed(timings, "extractor"):
         extractor = create_extractor(req.method, req.options, req.weights, req.device)
     size = input_size(extractor.spec)

@@ -32,7 +32,11 @@ def fpfh_build(demo_root: Path, tmp_path_factory: pytest.TempPathFactory) -> tup
     """An FPFH bank of the demo category, evaluated on its test split."""
     banks = tmp_path_factory.mktemp("banks")
     req = BuildRequest(
-        category=CATEGORY, data_root=demo_root, banks=banks, method="fpfh",
-        coreset=CoresetSpec(ratio=0.1, seed=0), progress=False,
+        category=CATEGORY,
+        data_root=demo_root,
+        banks=banks,
+        method="fpfh",
+        coreset=CoresetSpec(ratio=0.1, seed=0),
+        progress=False,
     )
     return banks, build_bank(req)

@@ -61,7 +61,7 @@ def test_a_flipped_byte_is_refused(banks_copy: Path, victim: str) -> None:
 
 
 def test_missing_bank_and_version_are_clear(banks_copy: Path) -> None:
-    with pytest.raises(BankError, match="no bank for category 'tire'.*build-bank"):
+    with pytest.raises(BankError, match=r"no bank for category .tire..*build-bank"):
         bankfmt.load_bank(banks_copy, "tire")
     with pytest.raises(BankError, match="v0042 not found"):
         bankfmt.load_bank(banks_copy, CATEGORY, "v0042")
@@ -73,7 +73,9 @@ def test_another_feature_spec_is_refused(fpfh_build: tuple[Path, BuildResult]) -
     banks, _ = fpfh_build
     bank = bankfmt.load_bank(banks, CATEGORY)
     other = create_extractor("fpfh", {"feature_radius": 0.5})
-    with pytest.raises(BankError, match=r"built with features fpfh\(.*feature_radius=0.25.*but the extractor is"):
+    with pytest.raises(
+        BankError, match=r"built with features fpfh\(.*feature_radius=0.25.*but the extractor is"
+    ):
         BankScorer(bank, other)
 
 
@@ -85,7 +87,7 @@ def test_a_tampered_spec_with_fixed_checksums_is_refused(banks_copy: Path) -> No
     data["method"] = data["features"]["method"] = "rgb+fpfh"
     manifest = bankfmt.Manifest.model_validate(data)
     bankfmt.write_version(banks_copy, manifest, bankfmt.copy_files_from(vdir))
-    with pytest.raises(BankError, match="index holds .* x 33, manifest says .* x 1569"):
+    with pytest.raises(BankError, match=r"index holds .* x 33, manifest says .* x 1569"):
         load_scorer(banks_copy, CATEGORY)
 
 

@@ -13,12 +13,24 @@ from bank_builder.cli import build_bank_main, evaluate_main, make_demo_data_main
 from tests.conftest import CATEGORY
 
 
-def test_evaluate_json_matches_the_build(fpfh_build: tuple[Path, BuildResult], demo_root: Path,
-                                         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_evaluate_json_matches_the_build(
+    fpfh_build: tuple[Path, BuildResult], demo_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     banks, result = fpfh_build
     out = tmp_path / "eval.json"
-    code = evaluate_main(["--category", CATEGORY, "--data-root", str(demo_root), "--banks", str(banks),
-                          "--json", str(out), "--quiet"])
+    code = evaluate_main(
+        [
+            "--category",
+            CATEGORY,
+            "--data-root",
+            str(demo_root),
+            "--banks",
+            str(banks),
+            "--json",
+            str(out),
+            "--quiet",
+        ]
+    )
     assert code == 0
     printed = capsys.readouterr().out
     assert "I-AUROC" in printed and "stain" in printed and "false-reject rate" in printed
@@ -32,29 +44,73 @@ def test_evaluate_json_matches_the_build(fpfh_build: tuple[Path, BuildResult], d
     assert figures["au_pro"] == pytest.approx(result.evaluation.au_pro, rel=1e-9)
 
 
-def test_user_errors_exit_2_with_one_line(demo_root: Path, tmp_path: Path,
-                                          capsys: pytest.CaptureFixture[str]) -> None:
+def test_user_errors_exit_2_with_one_line(
+    demo_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     cases = [
-        (["--category", "tire", "--data-root", str(demo_root), "--banks", str(tmp_path)], "category 'tire' not found"),
+        (
+            ["--category", "tire", "--data-root", str(demo_root), "--banks", str(tmp_path)],
+            "category 'tire' not found",
+        ),
         (["--category", CATEGORY, "--data-root", str(demo_root)], "no banks directory given"),
-        (["--category", CATEGORY, "--data-root", str(demo_root), "--banks", str(tmp_path), "--coreset-ratio", "2"],
-         "--coreset-ratio must be in (0, 1]"),
-        (["--category", CATEGORY, "--data-root", str(demo_root), "--banks", str(tmp_path), "--method", "fpfh",
-          "--backbone", "resnet18"], "--backbone/--layers apply to rgb methods"),
-        (["--category", CATEGORY, "--data-root", str(demo_root), "--banks", str(tmp_path), "--method", "rgb",
-          "--weights", str(tmp_path / "nope.pt")], "weights file not found"),
+        (
+            [
+                "--category",
+                CATEGORY,
+                "--data-root",
+                str(demo_root),
+                "--banks",
+                str(tmp_path),
+                "--coreset-ratio",
+                "2",
+            ],
+            "--coreset-ratio must be in (0, 1]",
+        ),
+        (
+            [
+                "--category",
+                CATEGORY,
+                "--data-root",
+                str(demo_root),
+                "--banks",
+                str(tmp_path),
+                "--method",
+                "fpfh",
+                "--backbone",
+                "resnet18",
+            ],
+            "--backbone/--layers apply to rgb methods",
+        ),
+        (
+            [
+                "--category",
+                CATEGORY,
+                "--data-root",
+                str(demo_root),
+                "--banks",
+                str(tmp_path),
+                "--method",
+                "rgb",
+                "--weights",
+                str(tmp_path / "nope.pt"),
+            ],
+            "weights file not found",
+        ),
     ]
     for argv, message in cases:
         assert build_bank_main([*argv, "--quiet"]) == 2
         err = capsys.readouterr().err
         last = err.strip().splitlines()[-1]
         assert last.startswith("error: ") and message in last and "Traceback" not in err
-    assert evaluate_main(["--category", CATEGORY, "--data-root", str(demo_root), "--banks", str(tmp_path)]) == 2
+    assert (
+        evaluate_main(["--category", CATEGORY, "--data-root", str(demo_root), "--banks", str(tmp_path)]) == 2
+    )
     assert "no bank for category 'puck'" in capsys.readouterr().err
 
 
-def test_headline_command_with_configured_locations(demo_root: Path, tmp_path: Path,
-                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+def test_headline_command_with_configured_locations(
+    demo_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """`build-bank --category C` works exactly as written once the locations are configured (TOML file)."""
     config = tmp_path / "patchbank.toml"
     config.write_text(f'data_root = "{demo_root}"\nbanks = "{tmp_path / "banks"}"\n')
@@ -68,8 +124,9 @@ def test_headline_command_with_configured_locations(demo_root: Path, tmp_path: P
 
 
 @pytest.mark.slow
-def test_rgb_fpfh_random_weights_build_and_evaluate(demo_root: Path, tmp_path: Path,
-                                                    capsys: pytest.CaptureFixture[str]) -> None:
+def test_rgb_fpfh_random_weights_build_and_evaluate(
+    demo_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """The default method and backbone (wide_resnet50_2), randomly initialised on purpose: no weights here."""
     banks = tmp_path / "banks"
     common = ["--category", CATEGORY, "--data-root", str(demo_root), "--banks", str(banks), "--quiet"]
@@ -86,8 +143,25 @@ def test_rgb_fpfh_random_weights_build_and_evaluate(demo_root: Path, tmp_path: P
 
 def test_make_demo_data_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "demo"
-    assert make_demo_data_main([str(out), "--categories", "bracket", "--train", "2", "--validation", "1",
-                                "--test", "1", "--size", "64x48", "--quiet"]) == 0
+    assert (
+        make_demo_data_main(
+            [
+                str(out),
+                "--categories",
+                "bracket",
+                "--train",
+                "2",
+                "--validation",
+                "1",
+                "--test",
+                "1",
+                "--size",
+                "64x48",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     assert "wrote" in capsys.readouterr().out
     assert len(list((out / "bracket" / "train" / "good" / "rgb").iterdir())) == 2
     assert make_demo_data_main([str(out), "--size", "big", "--quiet"]) == 2

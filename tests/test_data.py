@@ -25,7 +25,7 @@ def root(demo_root: Path, tmp_path: Path) -> Path:
 
 def test_splits_kinds_and_order(demo_root: Path) -> None:
     test = list_samples(demo_root, CATEGORY, "test")
-    assert [r.kind for r in test][0] == "good"
+    assert test[0].kind == "good"
     assert sorted({r.kind for r in test}) == ["bump", "crack", "cut", "good", "hole", "stain"]
     assert all(r.label == (r.kind != "good") for r in test)
     assert len(list_samples(demo_root, CATEGORY, "train")) == 6
@@ -90,7 +90,7 @@ def test_unreadable_and_wrong_shaped_tiffs(tmp_path: Path) -> None:
     with pytest.raises(DataError, match=r"flat.tiff: xyz must be an H x W x 3 .*\(20, 30\)"):
         read_xyz(flat)
     ints = tmp_path / "ints.tiff"
-    tifffile.imwrite(ints, np.zeros((20, 30, 3), np.uint16))
+    tifffile.imwrite(ints, np.zeros((20, 30, 3), np.uint16), photometric="rgb")
     with pytest.raises(DataError, match="float coordinates"):
         read_xyz(ints)
 
@@ -100,7 +100,7 @@ def test_non_finite_points_become_missing(tmp_path: Path) -> None:
     xyz[2, 3] = (np.nan, 0.1, 0.5)
     xyz[4, 5, 2] = np.inf
     path = tmp_path / "nan.tiff"
-    tifffile.imwrite(path, xyz)
+    tifffile.imwrite(path, xyz, photometric="rgb")
     out = read_xyz(path)
     assert (out[2, 3] == 0).all() and (out[4, 5] == 0).all() and np.isfinite(out).all()
 

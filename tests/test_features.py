@@ -25,7 +25,12 @@ SMALL_RGB = {"backbone": "resnet18", "layers": [2, 3]}  # 128 + 256 channels: fa
 def btf_fpfh_patches(xyz_path: Path) -> np.ndarray:
     """The plain recipe, step by step as BTF's get_fpfh_features + FPFHFeatures: (784, 33) float64."""
     pc = torch.tensor(tifffile.imread(xyz_path)).permute(2, 0, 1).unsqueeze(0)
-    pc = torch.nn.functional.interpolate(pc, size=(224, 224), mode="nearest").squeeze(0).permute(1, 2, 0).numpy()
+    pc = (
+        torch.nn.functional.interpolate(pc, size=(224, 224), mode="nearest")
+        .squeeze(0)
+        .permute(1, 2, 0)
+        .numpy()
+    )
     flat = pc.reshape(-1, 3)
     nonzero = np.nonzero(np.all(flat != 0, axis=1))[0]
     cloud = o3d.geometry.PointCloud(o3d.utility.Vector3dVector(flat[nonzero]))
@@ -58,7 +63,10 @@ def test_fpfh_matches_plain_open3d_recipe(demo_root: Path) -> None:
     for got, ref in zip(feats, refs, strict=True):
         np.testing.assert_allclose(got, btf_fpfh_patches(ref.xyz), rtol=1e-5, atol=1e-5)
     assert extractor.spec.options == {
-        "normal_radius": 0.1, "normal_max_nn": 30, "feature_radius": 0.25, "feature_max_nn": 100
+        "normal_radius": 0.1,
+        "normal_max_nn": 30,
+        "feature_radius": 0.25,
+        "feature_max_nn": 100,
     }
 
 

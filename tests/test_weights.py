@@ -54,6 +54,7 @@ def test_missing_keys_are_an_error(full_state: dict[str, torch.Tensor], tmp_path
         create_extractor("rgb", SMALL, WeightsRequest(path=path))
 
 
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
 def test_a_pickled_object_is_never_executed(tmp_path: Path) -> None:
     class Boom:
         def __reduce__(self):  # pragma: no cover - must never run
