@@ -213,7 +213,9 @@ class _Puck(_Category):
 
     def height(self, u: FloatArray, v: FloatArray) -> FloatArray:
         r = np.hypot(u, v)
-        body = _smoothstep(self.radius, self.radius - 4 * MM, r) * (8 * MM + 1 * MM * (1 - (r / self.radius) ** 2))
+        body = _smoothstep(self.radius, self.radius - 4 * MM, r) * (
+            8 * MM + 1 * MM * (1 - (r / self.radius) ** 2)
+        )
         rim = 3 * MM * 0.5 * (1 + np.cos(np.pi * np.clip(np.abs(r - 37 * MM) / (3.5 * MM), 0.0, 1.0)))
         boss = 6 * MM * _smoothstep(self.boss_radius, self.boss_radius - 3 * MM, r)
         return body + rim + boss
@@ -359,7 +361,9 @@ class _Blob(_Defect):
         a = (c * du + s * dv) / self.axes[0]
         b = (-s * du + c * dv) / self.axes[1]
         theta = np.arctan2(b, a)
-        wobble = 1.0 + sum(amp * np.cos(k * theta + ph) for k, (amp, ph) in zip((2, 3, 5), self.lobes))
+        wobble = 1.0 + sum(
+            amp * np.cos(k * theta + ph) for k, (amp, ph) in zip((2, 3, 5), self.lobes, strict=True)
+        )
         return np.hypot(a, b) / wobble
 
     def height(self, u: FloatArray, v: FloatArray, h: FloatArray) -> FloatArray:
@@ -375,7 +379,9 @@ class _Blob(_Defect):
             return rgb
         near = self._near(u, v)
         rho = self._rho(u[near], v[near])
-        weight = _smoothstep(1.0, 0.75, rho) * (0.8 + 0.2 * _bowl(rho)) if self.kind == "stain" else _bowl(rho)
+        weight = (
+            _smoothstep(1.0, 0.75, rho) * (0.8 + 0.2 * _bowl(rho)) if self.kind == "stain" else _bowl(rho)
+        )
         out = rgb.copy()
         out[near] = rgb[near] * _mix(np.ones((rho.size, 3)), self.tint, self.alpha * weight)
         return out
@@ -398,11 +404,11 @@ class _Crack(_Defect):
 
     def _distance(self, u: FloatArray, v: FloatArray) -> tuple[FloatArray, FloatArray]:
         """Distance (m) to the polyline and the relative arc position (0..1) of the nearest point."""
-        lengths = [math.dist(p0, p1) for p0, p1 in zip(self.points[:-1], self.points[1:])]
+        lengths = [math.dist(p0, p1) for p0, p1 in zip(self.points[:-1], self.points[1:], strict=True)]
         starts = np.concatenate([[0.0], np.cumsum(lengths)])
         best = np.full(u.shape, np.inf)
         pos = np.zeros(u.shape)
-        for i, (p0, p1) in enumerate(zip(self.points[:-1], self.points[1:])):
+        for i, (p0, p1) in enumerate(zip(self.points[:-1], self.points[1:], strict=True)):
             d, s = _segment_distance(u, v, p0, p1)
             closer = d < best
             best = np.where(closer, d, best)
@@ -460,7 +466,12 @@ def _draw_blob(kind: str, cat: _Category, rng: Rng, pixel: float) -> _Blob:
         dz, tint, alpha, mask_rho = min(rng.uniform(2 * MM, 4 * MM), 0.6 * b), (0.88, 0.86, 0.84), 1.0, 0.88
     else:
         scale = rng.uniform(0.85, 1.15)
-        dz, tint, alpha, mask_rho = 0.0, (0.50 * scale, 0.36 * scale, 0.22 * scale), rng.uniform(0.6, 0.8), 0.9
+        dz, tint, alpha, mask_rho = (
+            0.0,
+            (0.50 * scale, 0.36 * scale, 0.22 * scale),
+            rng.uniform(0.6, 0.8),
+            0.9,
+        )
     if kind != "stain":
         lobes = ((0.0, 0.0),) * 3
     centre = _interior_point(cat, rng, 1.3 * a + 2 * MM)
@@ -727,9 +738,7 @@ def _render_scene(
     depth, converged = _trace(scene, camera, rays_table)
     points = (rays * depth[:, None]).reshape(*shape, 3)
     normals = _normals(points)
-    albedo, mask = _surface(
-        scene, tex, depth * rays_table[:, 0], depth * rays_table[:, 1], camera.pixel
-    )
+    albedo, mask = _surface(scene, tex, depth * rays_table[:, 0], depth * rays_table[:, 1], camera.pixel)
     rgb = _shade(albedo.reshape(*shape, 3), normals, light, noise)
     xyz = _sense(rays.reshape(*shape, 3), depth.reshape(shape), converged.reshape(shape), normals, noise)
     gt = np.where(mask.reshape(shape), np.uint8(gt_value), np.uint8(0))
@@ -847,6 +856,8 @@ def _fill_category(
 ) -> None:
     """Render and write every sample of ``cat`` into the (fresh) category folder ``root``."""
     for split, kind, count in plan:
+        if count == 0:
+            continue  # e.g. no validation split: banks then hold out training samples one at a time
         folder = root / split / kind
         subdirs = ("rgb", "xyz", "gt") if split == "test" else ("rgb", "xyz")
         for sub in subdirs:
@@ -909,7 +920,7 @@ def generate(
     cats = _check_categories(categories)
     plan = _plan(
         _check_positive("n_train", n_train),
-        _check_positive("n_validation", n_validation),
+        _check_positive("n_validation", n_validation, 0),
         _check_positive("n_test", n_test),
     )
     size = _check_size(size)
