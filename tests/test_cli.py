@@ -47,55 +47,13 @@ def test_evaluate_json_matches_the_build(
 def test_user_errors_exit_2_with_one_line(
     demo_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    base = ["--category", CATEGORY, "--data-root", str(demo_root), "--banks", str(tmp_path)]
     cases = [
-        (
-            ["--category", "tire", "--data-root", str(demo_root), "--banks", str(tmp_path)],
-            "category 'tire' not found",
-        ),
-        (["--category", CATEGORY, "--data-root", str(demo_root)], "no banks directory given"),
-        (
-            [
-                "--category",
-                CATEGORY,
-                "--data-root",
-                str(demo_root),
-                "--banks",
-                str(tmp_path),
-                "--coreset-ratio",
-                "2",
-            ],
-            "--coreset-ratio must be in (0, 1]",
-        ),
-        (
-            [
-                "--category",
-                CATEGORY,
-                "--data-root",
-                str(demo_root),
-                "--banks",
-                str(tmp_path),
-                "--method",
-                "fpfh",
-                "--backbone",
-                "resnet18",
-            ],
-            "--backbone/--layers apply to rgb methods",
-        ),
-        (
-            [
-                "--category",
-                CATEGORY,
-                "--data-root",
-                str(demo_root),
-                "--banks",
-                str(tmp_path),
-                "--method",
-                "rgb",
-                "--weights",
-                str(tmp_path / "nope.pt"),
-            ],
-            "weights file not found",
-        ),
+        ([*base[2:], "--category", "tire"], "category 'tire' not found"),
+        (base[:4], "no banks directory given"),
+        ([*base, "--coreset-ratio", "2"], "--coreset-ratio must be in (0, 1]"),
+        ([*base, "--method", "fpfh", "--backbone", "resnet18"], "--backbone/--layers apply to rgb methods"),
+        ([*base, "--method", "rgb", "--weights", str(tmp_path / "nope.pt")], "weights file not found"),
     ]
     for argv, message in cases:
         assert build_bank_main([*argv, "--quiet"]) == 2

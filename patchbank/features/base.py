@@ -44,8 +44,12 @@ class FeatureExtractor(ABC):
     weights: WeightsIdentity = NO_WEIGHTS
 
     @abstractmethod
+    def grid_maps(self, batch: Sequence[Prepared]) -> torch.Tensor:
+        """(B, D, GRID, GRID) pooled feature maps of a batch."""
+
     def extract(self, batch: Sequence[Prepared]) -> np.ndarray:
         """(B, GRID * GRID, D) float32 patch features of a batch."""
+        return to_patches(self.grid_maps(batch))
 
     @property
     def dim(self) -> int:

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from patchbank.features.base import FeatureExtractor, FeatureSpec, register, to_grid, to_patches
+from patchbank.features.base import FeatureExtractor, FeatureSpec, register, to_grid
 from patchbank.preprocess import Prepared, valid_points
 from patchbank.weights import WeightsIdentity, WeightsRequest
 
@@ -60,9 +60,6 @@ class FPFHExtractor(FeatureExtractor):
         """(B, 33, 28, 28) pooled FPFH maps (float64, as the Open3D descriptors)."""
         maps = np.stack([fpfh_map(p.xyz, self.opts) for p in batch])
         return to_grid(torch.from_numpy(maps))
-
-    def extract(self, batch: Sequence[Prepared]) -> np.ndarray:
-        return to_patches(self.grid_maps(batch))
 
 
 @register("fpfh", FPFHOptions)

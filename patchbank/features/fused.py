@@ -5,11 +5,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from patchbank.features.base import FeatureExtractor, FeatureSpec, register, to_patches
+from patchbank.features.base import FeatureExtractor, FeatureSpec, register
 from patchbank.features.fpfh import FPFHExtractor, FPFHOptions
 from patchbank.features.rgb import RGBOptions, make_rgb
 from patchbank.preprocess import Prepared
@@ -41,9 +40,9 @@ class RGBFPFHExtractor(FeatureExtractor):
             method=self.name, options=opts.model_dump(mode="json"), dim=self.rgb.dim + self.fpfh.dim
         )
 
-    def extract(self, batch: Sequence[Prepared]) -> np.ndarray:
+    def grid_maps(self, batch: Sequence[Prepared]) -> torch.Tensor:
         rgb = self.rgb.grid_maps(batch).to("cpu", torch.float64)
-        return to_patches(torch.cat([rgb, self.fpfh.grid_maps(batch)], dim=1))
+        return torch.cat([rgb, self.fpfh.grid_maps(batch)], dim=1)
 
 
 @register("rgb+fpfh", RGBFPFHOptions)

@@ -16,7 +16,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from patchbank.errors import InputError, WeightsError
-from patchbank.features.base import FeatureExtractor, FeatureSpec, register, to_grid, to_patches
+from patchbank.features.base import FeatureExtractor, FeatureSpec, register, to_grid
 from patchbank.preprocess import Prepared
 from patchbank.weights import (
     DEFAULT_PRETRAINED_TAGS,
@@ -59,69 +59,70 @@ def build_backbone(opts: RGBOptions, request: WeightsRequest) -> tuple[torch.nn.
         raise InputError(f"unknown timm backbone {opts.backbone!r}")
     if request.path is not None:
         path = Path(request.path).expanduser().resolve()
-        model = _create(opts)
-        load_into(model, read_state_dict(path), path)
+        model = _from_file(opts, path)
         ident = WeightsIdentity(kind="file", file=str(path), file_sha256=sha256_file(path))
     elif request.random_seed is not None:
-        log.warning(
-            "using a RANDOMLY INITIALISED %s (seed %d): for tests and demos only, scores are not meaningful",
-            opts.backbone,
-            request.random_seed,
-        )
         model = _random_model(opts, request.random_seed)
         ident = WeightsIdentity(kind="random", seed=request.random_seed)
     else:
         tag = request.tag or DEFAULT_PRETRAINED_TAGS.get(opts.backbone)
-        full = f"{opts.backbone}.{tag}" if tag else opts.backbone
-        try:
-            model = _create(opts, pretrained=True, tag=tag)
-        except Exception as exc:  # network, hub and cache errors come in many types
-            raise WeightsError(f"{offline_help(full)} (cause: {type(exc).__name__}: {exc})") from exc
-        ident = WeightsIdentity(kind="pretrained", tag=full)
+        ident = WeightsIdentity(kind="pretrained", tag=f"{opts.backbone}.{tag}" if tag else opts.backbone)
+        model = _pretrained(opts, ident.tag or opts.backbone)
     return model, ident.model_copy(update={"params_sha256": params_sha256(model)})
 
 
+def _from_file(opts: RGBOptions, path: Path) -> torch.nn.Module:
+    model = _create(opts)
+    load_into(model, read_state_dict(path), path)
+    return model
+
+
+def _pretrained(opts: RGBOptions, full_tag: str) -> torch.nn.Module:
+    try:
+        return _create(opts, pretrained=True, tag=full_tag.partition(".")[2] or None)
+    except Exception as exc:  # network, hub and cache errors come in many types
+        raise WeightsError(f"{offline_help(full_tag)} (cause: {type(exc).__name__}: {exc})") from exc
+
+
 def _random_model(opts: RGBOptions, seed: int) -> torch.nn.Module:
+    log.warning(
+        "using a RANDOMLY INITIALISED %s (seed %d): for tests and demos only, scores are not meaningful",
+        opts.backbone,
+        seed,
+    )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return _create(opts)
 
 
-def rebuild_backbone(opts: RGBOptions, ident: WeightsIdentity, override: str | None) -> torch.nn.Module:
-    """The backbone a bank recorded; refuses weights whose file or parameter hash differs."""
-    if override is not None:
-        path = Path(override).expanduser().resolve()
-        if ident.kind == "file" and sha256_file(path) != ident.file_sha256:
-            raise WeightsError(
-                f"weights file {path} differs from the one the bank was built with "
-                f"(sha256 {ident.file_sha256}); refusing to score with other weights"
-            )
-        model = _create(opts)
-        load_into(model, read_state_dict(path), path)
-    elif ident.kind == "file":
-        assert ident.file is not None
-        path = Path(ident.file)
-        if not path.is_file():
-            raise WeightsError(
-                f"the bank's weights file {path} is missing; pass --weights PATH (or PATCHBANK_WEIGHTS) "
-                "to point at the same file (its sha256 must match)"
-            )
-        if sha256_file(path) != ident.file_sha256:
-            raise WeightsError(f"weights file {path} has changed since the bank was built (sha256 differs)")
-        model = _create(opts)
-        load_into(model, read_state_dict(path), path)
-    elif ident.kind == "random":
-        assert ident.seed is not None
-        log.warning(
-            "bank uses a RANDOMLY INITIALISED %s (seed %d): test/demo bank", opts.backbone, ident.seed
+def _recorded_file(ident: WeightsIdentity, override: str | None) -> Path:
+    """The weights file to rebuild from: the override (a moved file) or the recorded path, sha256-checked."""
+    path = Path(override).expanduser().resolve() if override else Path(ident.file or "")
+    if not path.is_file():
+        raise WeightsError(
+            f"the bank's weights file {path} is missing; pass --weights PATH (or PATCHBANK_WEIGHTS) "
+            "to point at the same file (its sha256 must match)"
         )
+    if ident.kind == "file" and sha256_file(path) != ident.file_sha256:
+        raise WeightsError(
+            f"weights file {path} differs from the one the bank was built with "
+            f"(sha256 {ident.file_sha256}); refusing to score with other weights"
+        )
+    return path
+
+
+def rebuild_backbone(opts: RGBOptions, ident: WeightsIdentity, override: str | None) -> torch.nn.Module:
+    """The backbone a bank recorded; refuses weights whose file or parameter hash differs.
+
+    ``override`` points at a local file holding the same weights (a moved file, or a pretrained tag's
+    weights saved locally): the parameter hash decides.
+    """
+    if override is not None or ident.kind == "file":
+        model = _from_file(opts, _recorded_file(ident, override))
+    elif ident.kind == "random" and ident.seed is not None:
         model = _random_model(opts, ident.seed)
-    elif ident.kind == "pretrained":
-        assert ident.tag is not None
-        try:
-            model = _create(opts, pretrained=True, tag=ident.tag.partition(".")[2] or None)
-        except Exception as exc:
-            raise WeightsError(f"{offline_help(ident.tag)} (cause: {type(exc).__name__}: {exc})") from exc
+    elif ident.kind == "pretrained" and ident.tag is not None:
+        model = _pretrained(opts, ident.tag)
     else:
         raise WeightsError(f"an rgb extractor needs weights; the bank records {ident.kind!r}")
     digest = params_sha256(model)
@@ -154,9 +155,6 @@ class RGBExtractor(FeatureExtractor):
         with torch.inference_mode():
             maps = [to_grid(f) for f in self.model(x)]
         return torch.cat(maps, dim=1)
-
-    def extract(self, batch: Sequence[Prepared]) -> np.ndarray:
-        return to_patches(self.grid_maps(batch))
 
 
 def make_rgb(
