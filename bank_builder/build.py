@@ -20,7 +20,7 @@ from patchbank.errors import DataError
 from patchbank.extract import extract_all
 from patchbank.features import GRID, create_extractor
 from patchbank.index import PatchIndex
-from patchbank.scorer import BankScorer, input_size
+from patchbank.scorer import BankScorer
 from patchbank.weights import WeightsRequest
 
 log = logging.getLogger(__name__)
@@ -69,7 +69,7 @@ def build_bank(req: BuildRequest) -> BuildResult:
         )
     with timed(timings, "extractor"):
         extractor = create_extractor(req.method, req.options, req.weights, req.device)
-    size = input_size(extractor.spec)
+    size = extractor.image_size
     log.info("%s: %d training samples, features %s", req.category, len(train), extractor.spec.describe())
 
     with timed(timings, "features"):

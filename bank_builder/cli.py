@@ -10,10 +10,12 @@ import logging
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from patchbank.errors import PatchbankError
+from patchbank.errors import InputError, PatchbankError
 
-log = logging.getLogger("patchbank")
+if TYPE_CHECKING:
+    from patchbank.coreset import CoresetSpec
 
 
 def run(
@@ -118,8 +120,6 @@ def _build_bank(args: argparse.Namespace) -> int:
 
 def _rgb_options(method: str, backbone: str | None, layers: str | None) -> dict[str, object]:
     """Options of the rgb part of ``method`` from --backbone / --layers (refused for fpfh)."""
-    from patchbank.errors import InputError
-
     rgb: dict[str, object] = {}
     if backbone:
         rgb["backbone"] = backbone
@@ -133,11 +133,11 @@ def _rgb_options(method: str, backbone: str | None, layers: str | None) -> dict[
     return {"rgb": rgb} if method == "rgb+fpfh" and rgb else rgb
 
 
-def _coreset(ratio: float, seed: int):  # -> CoresetSpec, with a one-line error for bad values
+def _coreset(ratio: float, seed: int) -> CoresetSpec:
+    """The coreset spec, with a one-line error for a bad ratio."""
     from pydantic import ValidationError
 
     from patchbank.coreset import CoresetSpec
-    from patchbank.errors import InputError
 
     try:
         return CoresetSpec(ratio=ratio, seed=seed)
@@ -205,8 +205,6 @@ def make_demo_data_main(argv: Sequence[str] | None = None) -> int:
 
 
 def _parse_size(text: str) -> tuple[int, int]:
-    from patchbank.errors import InputError
-
     try:
         parts = [int(v) for v in text.lower().split("x")]
     except ValueError:

@@ -21,7 +21,7 @@ import torch
 from patchbank.bank import Bank, Manifest, load_bank
 from patchbank.errors import BankError
 from patchbank.features import create_extractor
-from patchbank.features.base import GRID, FeatureExtractor, FeatureSpec
+from patchbank.features.base import GRID, FeatureExtractor
 from patchbank.index import PatchIndex
 from patchbank.preprocess import IMAGE_SIZE, Prepared
 
@@ -129,16 +129,10 @@ class BankScorer:
 
     @property
     def image_size(self) -> int:
-        return input_size(self.bank.manifest.features)
+        return self.extractor.image_size
 
     def score(self, batch: Sequence[Prepared]) -> Scores:
         return score_patches(self.bank.index, self.extractor.extract(batch))
-
-
-def input_size(spec: FeatureSpec) -> int:
-    """The model's input side length (224 unless an rgb backbone was configured otherwise)."""
-    rgb = spec.options.get("rgb", spec.options) if spec.method != "fpfh" else {}
-    return int(rgb.get("image_size", IMAGE_SIZE))
 
 
 def check_compatible(manifest: Manifest, extractor: FeatureExtractor) -> None:

@@ -16,7 +16,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from patchbank.errors import InputError
-from patchbank.preprocess import Prepared
+from patchbank.preprocess import IMAGE_SIZE, Prepared
 from patchbank.weights import NO_WEIGHTS, WeightsIdentity, WeightsRequest
 
 GRID = 28  # patches per side: every method scores a 28 x 28 grid (784 patches)
@@ -42,6 +42,7 @@ class FeatureExtractor(ABC):
     name: ClassVar[str]
     spec: FeatureSpec
     weights: WeightsIdentity = NO_WEIGHTS
+    image_size: int = IMAGE_SIZE  # side length, pixels, samples are prepared at
 
     @abstractmethod
     def grid_maps(self, batch: Sequence[Prepared]) -> torch.Tensor:

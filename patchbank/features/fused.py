@@ -36,6 +36,7 @@ class RGBFPFHExtractor(FeatureExtractor):
         self.rgb = make_rgb(opts.rgb.model_dump(mode="json"), weights, device, override)
         self.fpfh = FPFHExtractor(opts.fpfh.model_dump(mode="json"))
         self.weights = self.rgb.weights
+        self.image_size = self.rgb.image_size
         self.spec = FeatureSpec(
             method=self.name, options=opts.model_dump(mode="json"), dim=self.rgb.dim + self.fpfh.dim
         )

@@ -139,6 +139,7 @@ class RGBExtractor(FeatureExtractor):
 
     def __init__(self, options: dict[str, Any], model: torch.nn.Module, ident: WeightsIdentity, device: str):
         self.opts = RGBOptions(**options)
+        self.image_size = self.opts.image_size
         self.device = torch.device(device)
         self.model = model.eval().to(self.device)
         self.weights = ident
