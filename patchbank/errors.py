@@ -29,3 +29,11 @@ class WeightsError(PatchbankError):
 
 class ConfigError(PatchbankError):
     """A required setting (data root, banks directory) is not configured."""
+
+
+class NotFoundError(PatchbankError):
+    """A named thing (a category among the loaded banks) does not exist."""
+
+
+class PayloadTooLargeError(InputError):
+    """An upload is over the configured size limit."""

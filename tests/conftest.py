@@ -12,6 +12,7 @@ from bank_builder.demo_data import generate
 from patchbank.coreset import CoresetSpec
 
 CATEGORY = "puck"
+OTHER = "bracket"
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -21,9 +22,9 @@ def _quiet_libraries() -> None:
 
 @pytest.fixture(scope="session")
 def demo_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A non-square (160 x 120) demo category: 6 train, 2 validation, 1 test sample per kind."""
+    """Non-square (160 x 120) demo categories: 6 train, 2 validation, 1 test sample per kind."""
     root = tmp_path_factory.mktemp("data")
-    generate(root, [CATEGORY], n_train=6, n_validation=2, n_test=1, size=(160, 120), seed=0, progress=False)
+    generate(root, [CATEGORY, OTHER], n_train=6, n_validation=2, n_test=1, size=(160, 120), seed=0, progress=False)
     return root
 
 

@@ -1,0 +1,50 @@
+"""Defect regions: connected areas of an anomaly map above the pixel threshold, and the map as a heatmap."""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image
+from scipy import ndimage
+
+EIGHT_CONNECTED = np.ones((3, 3), dtype=int)
+# a perceptually ordered dark-to-bright ramp (black, purple, red, orange, pale yellow)
+_RAMP = np.array([[0, 0, 4], [87, 16, 110], [188, 55, 84], [249, 142, 9], [252, 255, 164]], dtype=np.float64)
+
+
+@dataclass(frozen=True)
+class Region:
+    """One connected region: bbox (x0, y0, x1, y1) in pixels, x1/y1 exclusive; area in pixels; peak value."""
+
+    bbox: tuple[int, int, int, int]
+    area_px: int
+    peak_score: float
+
+
+def find_regions(amap: np.ndarray, threshold: float) -> list[Region]:
+    """8-connected regions of (H, W) ``amap`` > threshold, largest peak first."""
+    labels, n = ndimage.label(amap > threshold, structure=EIGHT_CONNECTED)
+    if n == 0:
+        return []
+    index = np.arange(1, n + 1)
+    areas = ndimage.sum_labels(np.ones_like(amap), labels, index)
+    peaks = ndimage.maximum(amap, labels, index)
+    regions = [
+        Region((sl[1].start, sl[0].start, sl[1].stop, sl[0].stop), int(area), float(peak))
+        for sl, area, peak in zip(ndimage.find_objects(labels), areas, peaks, strict=True)
+    ]
+    return sorted(regions, key=lambda r: -r.peak_score)
+
+
+def heatmap_png(amap: np.ndarray, threshold: float) -> bytes:
+    """(H, W) map -> RGB PNG bytes; the pixel threshold sits at mid-scale, twice it saturates."""
+    t = np.clip(amap / (2.0 * threshold), 0.0, 1.0) if threshold > 0 else np.zeros_like(amap)
+    pos = t * (len(_RAMP) - 1)
+    lo = np.minimum(pos.astype(int), len(_RAMP) - 2)
+    frac = (pos - lo)[..., None]
+    rgb = _RAMP[lo] * (1 - frac) + _RAMP[lo + 1] * frac
+    buf = io.BytesIO()
+    Image.fromarray(rgb.round().astype(np.uint8)).save(buf, format="PNG")
+    return buf.getvalue()

@@ -1,0 +1,324 @@
+"""The FastAPI app: thin routes over shared state (settings, bank registry, metrics) given as dependencies.
+
+Errors are typed exceptions (the :class:`PatchbankError` family) mapped to status codes in one place.
+Scoring runs in worker threads (never on the event loop), at most ``concurrency`` at once with at most
+``queue_size`` waiting; beyond that the answer is 503 with ``Retry-After``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from functools import partial
+from typing import Annotated, Any, TypeVar
+
+import anyio
+from fastapi import Depends, FastAPI, File, Form, Header, Request, UploadFile
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from patchbank import bank as bankfmt
+from patchbank.errors import (
+    BankError,
+    InputError,
+    NotFoundError,
+    PatchbankError,
+    PayloadTooLargeError,
+    WeightsError,
+)
+from patchbank.registry import BankRegistry
+from patchbank.scorer import BankScorer
+from service.limits import BodyLimit
+from service.models import (
+    BatchResponse,
+    CategoriesResponse,
+    CategoryInfo,
+    ErrorResponse,
+    Health,
+    MapFormat,
+    Readiness,
+    ScoreResponse,
+)
+from service.observability import Metrics
+from service.scoring import Upload, score_uploads
+from service.settings import ServiceSettings
+
+log = logging.getLogger("patchbank.service")
+T = TypeVar("T")
+
+
+class Busy(PatchbankError):
+    """The scoring queue is full."""
+
+
+class Unauthorized(PatchbankError):
+    """Missing or wrong X-API-Key."""
+
+
+class NotReady(PatchbankError):
+    """Banks are still loading."""
+
+
+STATUS: list[tuple[type[Exception], int]] = [
+    (NotFoundError, 404),
+    (PayloadTooLargeError, 413),
+    (InputError, 400),
+    (Unauthorized, 401),
+    (Busy, 503),
+    (NotReady, 503),
+    (BankError, 409),
+    (WeightsError, 409),
+    (PatchbankError, 400),
+]
+
+
+class State:
+    """What every request shares: settings, the loaded banks, metrics, and the admission counter."""
+
+    def __init__(self, settings: ServiceSettings, registry: BankRegistry) -> None:
+        self.settings = settings
+        self.registry = registry
+        self.metrics = Metrics()
+        self.limiter = anyio.CapacityLimiter(settings.concurrency)
+        self.admitted = 0
+        self.ready = False
+
+    def load(self) -> None:
+        """Load every bank, warm the extractors up, then turn ready (runs in a thread at start-up)."""
+        self.registry.load_all()
+        self.registry.warm_up()
+        self.ready = True
+        log.info("ready", extra={"categories": self.registry.categories(), "errors": self.registry.errors})
+
+    async def run(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run CPU/GPU work in a worker thread, or refuse at once when the queue is full."""
+        if not self.ready:
+            raise NotReady("banks are still loading; retry shortly")
+        if self.admitted >= self.settings.concurrency + self.settings.queue_size:
+            self.metrics.rejected.inc()
+            raise Busy(f"scoring queue is full ({self.admitted} samples admitted); retry shortly")
+        self.admitted += 1
+        self.metrics.queue_depth.set(self.admitted)
+        try:
+            return await anyio.to_thread.run_sync(partial(fn, *args), limiter=self.limiter)
+        finally:
+            self.admitted -= 1
+            self.metrics.queue_depth.set(self.admitted)
+
+
+def get_state(request: Request) -> State:
+    return request.app.state.patchbank
+
+
+StateDep = Annotated[State, Depends(get_state)]
+
+
+def _key_ok(given: str | None, keys: list[str]) -> bool:
+    ok = False
+    for key in keys:  # compare with every key, in constant time each: no early exit
+        ok |= hmac.compare_digest((given or "").encode(), key.encode())
+    return ok
+
+
+def require_key(state: StateDep, x_api_key: Annotated[str | None, Header()] = None) -> None:
+    keys = state.settings.api_keys
+    if keys and not _key_ok(x_api_key, keys):
+        raise Unauthorized("missing or invalid API key (X-API-Key header)")
+
+
+def require_admin(state: StateDep, x_api_key: Annotated[str | None, Header()] = None) -> None:
+    keys = state.settings.admins
+    if keys and not _key_ok(x_api_key, keys):
+        raise Unauthorized("reloading a bank needs an admin API key (X-API-Key header)")
+
+
+def category_info(scorer: BankScorer) -> CategoryInfo:
+    m = scorer.bank.manifest
+    return CategoryInfo(
+        name=m.category,
+        method=m.method,
+        bank_version=m.version,
+        bank_size=len(scorer.bank.index),
+        dim=m.features.dim,
+        threshold=m.thresholds.image,
+        pixel_threshold=m.thresholds.pixel,
+        evaluation=m.evaluation,
+    )
+
+
+def create_app(settings: ServiceSettings | None = None, registry: BankRegistry | None = None) -> FastAPI:
+    settings = settings or ServiceSettings()
+    if registry is None:
+        from patchbank.config import default_device
+
+        registry = BankRegistry(settings.banks, default_device(settings.device), settings.weights)
+    state = State(settings, registry)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        loading = asyncio.create_task(anyio.to_thread.run_sync(state.load))
+        yield
+        if not loading.done():
+            loading.cancel()
+
+    errors = {code: {"model": ErrorResponse} for code in (400, 401, 404, 409, 413, 422, 503)}
+    app = FastAPI(
+        title="Patchbank",
+        summary="Anomaly scoring of RGB + 3D inspection samples against memory banks of good parts",
+        version="0.1.0",
+        lifespan=lifespan,
+        responses=errors,
+    )
+    app.state.patchbank = state
+    app.add_middleware(BodyLimit, limit=settings.max_upload_bytes)
+    _install_handlers(app, state)
+    _install_routes(app)
+    return app
+
+
+def _install_handlers(app: FastAPI, state: State) -> None:
+    @app.exception_handler(PatchbankError)
+    async def product_error(request: Request, exc: PatchbankError) -> JSONResponse:
+        status = next(code for cls, code in STATUS if isinstance(exc, cls))
+        headers = {"Retry-After": "1"} if status == 503 else None
+        return JSONResponse({"detail": str(exc)}, status_code=status, headers=headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        reasons = []
+        for err in exc.errors():
+            field = ".".join(str(p) for p in err["loc"] if p not in ("body", "query", "header", "path"))
+            reasons.append(
+                f"missing field: {field}" if err["type"] == "missing" else f"{field}: {err['msg']}"
+            )
+        return JSONResponse({"detail": "; ".join(reasons)}, status_code=422)
+
+    @app.middleware("http")
+    async def count_requests(request: Request, call_next: Callable[[Request], Any]) -> Response:
+        response = await call_next(request)
+        route = request.scope.get("route")
+        path = getattr(route, "path", "unmatched")
+        state.metrics.requests.labels(route=path, status=str(response.status_code)).inc()
+        return response
+
+
+def _install_routes(app: FastAPI) -> None:
+    @app.post("/score", response_model=ScoreResponse, dependencies=[Depends(require_key)], tags=["scoring"])
+    async def score(
+        state: StateDep,
+        category: Annotated[str, Form(description="category of the part, e.g. cable_gland")],
+        rgb: Annotated[UploadFile, File(description="RGB image: PNG, JPEG or TIFF")],
+        xyz: Annotated[
+            UploadFile, File(description="organized point cloud: TIFF or .npy, H x W x 3 float32, m")
+        ],
+        map: Annotated[MapFormat | None, Form(description="none, png (heatmap) or array (float16)")] = None,
+        sample_id: Annotated[str | None, Form(description="the line's id of this part, echoed back")] = None,
+    ) -> ScoreResponse:
+        """Score one sample: image score, OK/NG decision, defect regions and the anomaly map."""
+        start = time.perf_counter()
+        scorer = state.registry.get(category)
+        upload = Upload(await rgb.read(), await xyz.read(), xyz.filename, sample_id)
+        result = (await state.run(score_uploads, scorer, [upload], map or state.settings.default_map))[0]
+        _observe(state, [result], start)
+        return result
+
+    @app.post(
+        "/score/batch", response_model=BatchResponse, dependencies=[Depends(require_key)], tags=["scoring"]
+    )
+    async def score_batch(
+        state: StateDep,
+        category: Annotated[str, Form()],
+        rgb: Annotated[list[UploadFile], File(description="RGB images, in order")],
+        xyz: Annotated[list[UploadFile], File(description="point clouds, same count and order")],
+        map: Annotated[MapFormat | None, Form()] = None,
+        sample_id: Annotated[list[str] | None, Form()] = None,
+    ) -> BatchResponse:
+        """Score several samples of one category in one request (one backbone pass); answers in order."""
+        start = time.perf_counter()
+        if len(rgb) != len(xyz):
+            raise InputError(f"batch has {len(rgb)} rgb files but {len(xyz)} xyz files")
+        if sample_id is not None and len(sample_id) != len(rgb):
+            raise InputError(f"batch has {len(rgb)} samples but {len(sample_id)} sample_id values")
+        scorer = state.registry.get(category)
+        ids = sample_id or [None] * len(rgb)
+        uploads = [
+            Upload(await r.read(), await x.read(), x.filename, i)
+            for r, x, i in zip(rgb, xyz, ids, strict=True)
+        ]
+        results = await state.run(score_uploads, scorer, uploads, map or state.settings.default_map)
+        _observe(state, results, start)
+        return BatchResponse(results=results)
+
+    @app.get(
+        "/categories", response_model=CategoriesResponse, dependencies=[Depends(require_key)], tags=["banks"]
+    )
+    async def categories(state: StateDep) -> CategoriesResponse:
+        """Every loaded category with its bank, and the banks that failed to load."""
+        infos = [category_info(state.registry.get(c)) for c in state.registry.categories()]
+        return CategoriesResponse(categories=infos, errors=state.registry.errors)
+
+    @app.get(
+        "/categories/{name}", response_model=CategoryInfo, dependencies=[Depends(require_key)], tags=["banks"]
+    )
+    async def category(state: StateDep, name: str) -> CategoryInfo:
+        """One loaded category: method, bank size, dimension, version, thresholds, evaluation figures."""
+        return category_info(state.registry.get(name))
+
+    @app.post(
+        "/categories/{name}/reload",
+        response_model=CategoryInfo,
+        dependencies=[Depends(require_admin)],
+        tags=["banks"],
+    )
+    async def reload(state: StateDep, name: str) -> CategoryInfo:
+        """Load the category's active bank again (e.g. after build-bank); the old bank serves until then."""
+        if name not in bankfmt.list_categories(state.settings.banks):
+            raise NotFoundError(f"no bank directory for category {name!r} under the banks directory")
+        scorer = await anyio.to_thread.run_sync(state.registry.reload, name)
+        return category_info(scorer)
+
+    @app.get("/healthz", response_model=Health, tags=["health"])
+    async def healthz() -> Health:
+        """The process is alive."""
+        return Health()
+
+    @app.get("/readyz", response_model=Readiness, responses={503: {"model": Readiness}}, tags=["health"])
+    async def readyz(state: StateDep) -> Any:
+        """Banks loaded and extractors warmed up: 200, else 503."""
+        body = Readiness(status="ready" if state.ready else "loading", categories=state.registry.categories())
+        return JSONResponse(body.model_dump(), status_code=200 if state.ready else 503)
+
+    @app.get("/metrics", response_class=PlainTextResponse, tags=["health"])
+    async def metrics(state: StateDep) -> Response:
+        """Prometheus metrics."""
+        return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+
+def _observe(state: State, results: list[ScoreResponse], start: float) -> None:
+    latency_ms = (time.perf_counter() - start) * 1000.0
+    m = state.metrics
+    t = results[0].timings_ms
+    for stage in ("decode", "features", "search", "post"):
+        m.stage_seconds.labels(stage=stage).observe(getattr(t, stage) / 1000.0)
+    m.stage_seconds.labels(stage="total").observe(latency_ms / 1000.0)
+    for r in results:
+        r.timings_ms.total = latency_ms
+        decision = "NG" if r.is_anomalous else "OK"
+        m.image_score.labels(category=r.category).observe(r.image_score)
+        m.decisions.labels(category=r.category, decision=decision).inc()
+        log.info(
+            "scored",
+            extra={
+                "sample_id": r.sample_id,
+                "category": r.category,
+                "bank_version": r.bank_version,
+                "score": round(r.image_score, 6),
+                "decision": decision,
+                "latency_ms": round(latency_ms, 2),
+            },
+        )

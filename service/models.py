@@ -1,0 +1,84 @@
+"""Typed API payloads; the OpenAPI docs at /docs are generated from them."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+MapFormat = Literal["none", "png", "array"]
+
+
+class AnomalyMap(BaseModel):
+    """The anomaly map at the input image's resolution."""
+
+    format: Literal["png", "array"] = Field(description="png: a heatmap image; array: raw float16 values")
+    width: int = Field(description="pixels")
+    height: int = Field(description="pixels")
+    data: str = Field(
+        description="base64 of the PNG file, or of the little-endian float16 (H, W) C-order bytes"
+    )
+    dtype: Literal["float16"] | None = Field(None, description="element type of an array map")
+    shape: tuple[int, int] | None = Field(None, description="(height, width) of an array map")
+
+
+class RegionOut(BaseModel):
+    bbox: tuple[int, int, int, int] = Field(description="x0, y0, x1, y1 in input pixels (x1, y1 exclusive)")
+    area_px: int = Field(description="pixels above the pixel threshold")
+    peak_score: float = Field(description="largest anomaly-map value in the region")
+
+
+class Timings(BaseModel):
+    decode: float = Field(description="milliseconds decoding and preparing the upload")
+    features: float = Field(description="milliseconds of feature extraction")
+    search: float = Field(description="milliseconds of nearest-neighbour search, reweighting and the 224 map")
+    post: float = Field(description="milliseconds resizing the map, finding regions, encoding")
+    total: float = Field(description="milliseconds from the request's arrival to the answer")
+
+
+class ScoreResponse(BaseModel):
+    category: str
+    bank_version: str
+    sample_id: str | None = None
+    image_score: float = Field(description="reweighted image score (PatchCore Eq. 7)")
+    threshold: float = Field(description="image threshold of the bank; above it the part is NG")
+    pixel_threshold: float = Field(description="anomaly-map value above which a pixel belongs to a region")
+    is_anomalous: bool
+    anomaly_map: AnomalyMap | None = None
+    regions: list[RegionOut]
+    timings_ms: Timings
+
+
+class BatchResponse(BaseModel):
+    results: list[ScoreResponse] = Field(description="one answer per sample, in request order")
+
+
+class CategoryInfo(BaseModel):
+    name: str
+    method: str
+    bank_version: str
+    bank_size: int = Field(description="vectors in the bank")
+    dim: int = Field(description="feature dimension")
+    threshold: float
+    pixel_threshold: float
+    evaluation: dict[str, Any] | None = Field(
+        None, description="figures on the test split when the bank was built"
+    )
+
+
+class CategoriesResponse(BaseModel):
+    categories: list[CategoryInfo]
+    errors: dict[str, str] = Field(default_factory=dict, description="banks that failed to load, and why")
+
+
+class Health(BaseModel):
+    status: Literal["ok"] = "ok"
+
+
+class Readiness(BaseModel):
+    status: Literal["ready", "loading"]
+    categories: list[str] = Field(default_factory=list)
+
+
+class ErrorResponse(BaseModel):
+    detail: str = Field(description="what was wrong, for a person to read")

@@ -1,0 +1,43 @@
+"""Service configuration from the environment (``PATCHBANK_*``), as a pydantic-settings model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+
+class ServiceSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="PATCHBANK_", extra="ignore")
+
+    banks: Path = Field(Path("banks"), description="directory of bank versions, one folder per category")
+    device: str | None = Field(None, description="cpu or cuda; default: cuda when available")
+    weights: str | None = Field(None, description="local RGB weights file when a bank's recorded file moved")
+    max_upload_mb: float = Field(64.0, gt=0, description="largest request body, MiB (413 above)")
+    api_keys: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="comma-separated keys for X-API-Key; empty = no authentication"
+    )
+    admin_keys: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="comma-separated keys allowed to reload banks (default: api_keys)"
+    )
+    concurrency: int = Field(1, ge=1, description="samples scored at the same time (worker threads)")
+    queue_size: int = Field(8, ge=0, description="requests allowed to wait; beyond that 503 + Retry-After")
+    default_map: Literal["none", "png", "array"] = Field("png", description="anomaly map format by default")
+    log_json: bool = Field(True, description="structured JSON-lines logs")
+
+    @field_validator("api_keys", "admin_keys", mode="before")
+    @classmethod
+    def _split(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [k.strip() for k in value.split(",") if k.strip()]
+        return value
+
+    @property
+    def max_upload_bytes(self) -> int:
+        return int(self.max_upload_mb * 1024 * 1024)
+
+    @property
+    def admins(self) -> list[str]:
+        return self.admin_keys or self.api_keys
