@@ -46,3 +46,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         access_log=False,
     )
     return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

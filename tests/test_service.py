@@ -319,3 +319,58 @@ def test_api_keys(banks: Path, demo_root: Path) -> None:
         assert reloaded.status_code == 200 and reloaded.json()["bank_version"] == "v0001"
         missing = httpx.post(f"{base}/categories/..%2Fetc/reload", headers={"X-API-Key": "boss"})
         assert missing.status_code == 404
+
+
+@pytest.mark.slow
+def test_sigterm_finishes_in_flight_requests_and_logs_are_json(banks: Path, demo_root: Path) -> None:
+    import json
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from tests.live import free_port
+
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    env = {**os.environ, "PATCHBANK_DEVICE": "cpu"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "service.cli", "--banks", str(banks), "--port", str(port)],
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline and proc.poll() is None, "serve did not become ready"
+            time.sleep(0.2)
+        rgb, xyz = sample_bytes(demo_root, OTHER, "good")
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            pending = pool.submit(
+                httpx.post,
+                f"{base}/score",
+                data={"category": OTHER, "sample_id": "in-flight"},
+                files=files(rgb, xyz),
+                timeout=60,
+            )
+            time.sleep(0.3)  # the request is being scored now
+            proc.send_signal(signal.SIGTERM)
+            answer = pending.result()
+        assert answer.status_code == 200 and answer.json()["sample_id"] == "in-flight"
+        assert proc.wait(timeout=60) in (0, -signal.SIGTERM)  # uvicorn re-raises SIGTERM after draining
+        with pytest.raises(httpx.TransportError):
+            httpx.get(f"{base}/healthz", timeout=2)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    records = [json.loads(line) for line in proc.stderr.read().splitlines() if line.startswith("{")]
+    scored = [r for r in records if r["message"] == "scored"]
+    assert scored and scored[0]["sample_id"] == "in-flight"
+    assert {"category", "bank_version", "score", "decision", "latency_ms"} <= set(scored[0])
