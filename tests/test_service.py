@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 import shutil
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -93,6 +94,58 @@ def test_scores_equal_the_offline_evaluation(
         values = np.frombuffer(base64.b64decode(amap["data"]), dtype="<f2").reshape(120, 160)
         assert np.isfinite(values).all() and values.max() > 0
         assert set(body["timings_ms"]) == {"decode", "features", "search", "post", "total"}
+
+
+def test_the_client_against_the_real_service(
+    url: str, fpfh_build: tuple[Path, BuildResult], demo_root: Path, tmp_path: Path
+) -> None:
+    """Sync and async clients, paths and arrays, typed errors carrying the server's reason, the CLI."""
+    import asyncio
+
+    from clients import AsyncPatchbankClient, NotFound, PatchbankClient
+    from clients.cli import main as score_main
+
+    assert fpfh_build[1].evaluation is not None
+    offline = {s.name: s.image_score for s in fpfh_build[1].evaluation.scores}
+    refs = list_samples(demo_root, CATEGORY, "test")
+    with PatchbankClient(url) as client:
+        for ref in refs:
+            got = client.score(CATEGORY, ref.rgb, ref.xyz, map="array")
+            assert got.image_score == pytest.approx(offline[ref.name], rel=1e-5)
+            assert got.map_array().shape == (120, 160)
+        arrays = client.score(CATEGORY, np.asarray(Image.open(refs[0].rgb)), tifffile.imread(refs[0].xyz))
+        assert arrays.image_score == pytest.approx(offline[refs[0].name], rel=1e-5)
+        with pytest.raises(NotFound, match="unknown category 'nope'"):
+            client.score("nope", refs[0].rgb, refs[0].xyz)
+
+    async def run_async() -> list[float]:
+        async with AsyncPatchbankClient(url) as aclient:
+            results = await asyncio.gather(*(aclient.score(CATEGORY, r.rgb, r.xyz) for r in refs))
+        return [r.image_score for r in results]
+
+    np.testing.assert_allclose(asyncio.run(run_async()), [offline[r.name] for r in refs], rtol=1e-5)
+
+    out = tmp_path / "results.jsonl"
+    assert (
+        score_main(
+            [
+                "--url",
+                url,
+                "--category",
+                CATEGORY,
+                "--dir",
+                str(demo_root / CATEGORY / "test"),
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(lines) == len(refs)
+    by_rgb = {Path(line["rgb"]).resolve(): line["image_score"] for line in lines}
+    for ref in refs:
+        assert by_rgb[ref.rgb.resolve()] == pytest.approx(offline[ref.name], rel=1e-5)
 
 
 def test_png_map_regions_and_batch(url: str, demo_root: Path) -> None:
@@ -323,7 +376,6 @@ def test_api_keys(banks: Path, demo_root: Path) -> None:
 
 @pytest.mark.slow
 def test_sigterm_finishes_in_flight_requests_and_logs_are_json(banks: Path, demo_root: Path) -> None:
-    import json
     import os
     import signal
     import subprocess

@@ -1,0 +1,335 @@
+"""The ``score`` command: score one sample, or every sample of a folder as a production line would.
+
+    score --url URL --category C --rgb a.png --xyz a.tiff [--map none|png|array] [--save-map heat.png] [--json]
+    score --url URL --category C --dir FOLDER --out results.jsonl
+
+Exit codes: 0 all scored; 1 some samples of ``--dir`` failed (each has an error line in the JSONL); 2 usage
+errors, nothing to score, or (single mode) the service refused or could not be reached. Expected errors are
+one ``error: ...`` line on stderr, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TextIO, cast
+
+import numpy as np
+from tqdm import tqdm
+
+from clients.client import (
+    MAP_FORMATS,
+    APIError,
+    MapFormat,
+    PatchbankClient,
+    PatchbankClientError,
+    ScoreResult,
+)
+
+RGB_SUFFIXES = (".png", ".jpg", ".jpeg")
+XYZ_SUFFIXES = (".tiff", ".tif", ".npy")  # in order of preference when several share a name
+ENV_URL = "PATCHBANK_URL"
+ENV_API_KEY = "PATCHBANK_API_KEY"
+
+
+class UsageError(Exception):
+    """A problem with what the user asked for: reported as ``error: ...`` with exit code 2."""
+
+
+@dataclass(frozen=True)
+class Sample:
+    rgb: Path
+    xyz: Path
+
+
+# --------------------------------------------------------------------------------------------------- finding
+
+
+def _by_stem(folder: Path, names: Sequence[str], suffixes: tuple[str, ...]) -> dict[str, Path]:
+    """``stem -> path`` for the files among ``names`` with one of ``suffixes`` (the earliest suffix wins)."""
+    found: dict[str, Path] = {}
+    rank: dict[str, int] = {}
+    for name in names:
+        path = folder / name
+        suffix = path.suffix.lower()
+        if suffix not in suffixes or not path.is_file():
+            continue
+        r = suffixes.index(suffix)
+        if path.stem not in found or r < rank[path.stem]:
+            found[path.stem], rank[path.stem] = path, r
+    return found
+
+
+def _listdir(folder: Path) -> list[str]:
+    try:
+        return sorted(os.listdir(folder))
+    except OSError:
+        return []
+
+
+def find_samples(folder: Path) -> tuple[list[Sample], int]:
+    """Every (rgb, xyz) pair under ``folder`` in sorted order, and how many rgb files had no xyz partner.
+
+    Two layouts, mixed freely at any depth: the MVTec 3D-AD one (``.../rgb/NNN.png`` with a sibling
+    ``.../xyz/NNN.tiff``; ``gt`` folders are ignored), and flat folders of pairs by name (``NAME.png`` next to
+    ``NAME.tiff`` or ``NAME.npy``). Raises UsageError when ``folder`` is missing or unreadable.
+    """
+    if not folder.exists():
+        raise UsageError(f"{folder} does not exist")
+    if not folder.is_dir():
+        raise UsageError(f"{folder} is not a folder")
+    try:
+        os.listdir(folder)
+    except OSError as exc:
+        raise UsageError(f"cannot read {folder}: {exc.strerror or exc}") from exc
+
+    samples: list[Sample] = []
+    unpaired = 0
+    for dirpath, dirnames, filenames in os.walk(folder):
+        dirnames.sort()
+        here = Path(dirpath)
+        if here.name == "rgb" and (here.parent / "xyz").is_dir():
+            xyz_dir = here.parent / "xyz"
+            xyzs = _by_stem(xyz_dir, _listdir(xyz_dir), XYZ_SUFFIXES)
+        elif here.name in ("xyz", "gt") and (here.parent / "rgb").is_dir():
+            continue  # the other half of an MVTec kind folder: reached through its rgb sibling
+        else:
+            xyzs = _by_stem(here, filenames, XYZ_SUFFIXES)
+        for stem, rgb in sorted(_by_stem(here, filenames, RGB_SUFFIXES).items()):
+            xyz = xyzs.get(stem)
+            if xyz is None:
+                unpaired += 1
+            else:
+                samples.append(Sample(rgb, xyz))
+    samples.sort(key=lambda s: s.rgb)
+    return samples, unpaired
+
+
+# --------------------------------------------------------------------------------------------------- output
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
+def summary_line(result: ScoreResult, name: str, latency_ms: float | None = None) -> str:
+    """``puck/v0001 a.png: score 12.34 (threshold 15.00) OK, 2 regions, 506 ms``."""
+    verdict = "NG" if result.is_anomalous else "OK"
+    ms = result.timings_ms.get("total", latency_ms)
+    timing = f", {ms:.0f} ms" if ms is not None else ""
+    return (
+        f"{result.category}/{result.bank_version} {name}: score {result.image_score:.2f} "
+        f"(threshold {result.threshold:.2f}) {verdict}, {_plural(len(result.regions), 'region')}{timing}"
+    )
+
+
+def _error(message: str) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return 2
+
+
+def _result_json(result: ScoreResult) -> dict[str, Any]:
+    return result.model_dump(mode="json")
+
+
+# --------------------------------------------------------------------------------------------------- modes
+
+
+def _client(args: argparse.Namespace) -> PatchbankClient:
+    return PatchbankClient(
+        args.url, api_key=args.api_key or None, timeout=args.timeout, retries=args.retries, backoff=0.5
+    )
+
+
+def _run_single(args: argparse.Namespace) -> int:
+    if args.save_map and args.map not in (None, "png"):
+        raise UsageError(f"--save-map writes the PNG heatmap: it needs --map png, not --map {args.map}")
+    map_format = cast(MapFormat, "png" if args.save_map else (args.map or "none"))
+    try:
+        with _client(args) as client:
+            t0 = time.perf_counter()
+            result = client.score(
+                args.category, Path(args.rgb), Path(args.xyz), map=map_format, sample_id=args.sample_id
+            )
+            latency_ms = (time.perf_counter() - t0) * 1000
+    except OSError as exc:
+        return _error(f"cannot read {exc.filename or 'input'}: {exc.strerror or exc}")
+    except (PatchbankClientError, ValueError, TypeError) as exc:
+        return _error(str(exc))
+
+    if args.json:
+        print(json.dumps(_result_json(result), indent=2))
+    else:
+        print(summary_line(result, args.rgb, latency_ms))
+    if args.save_map:
+        png = result.map_png()
+        if png is None:
+            return _error("the server sent no PNG anomaly map")
+        try:
+            Path(args.save_map).write_bytes(png)
+        except OSError as exc:
+            return _error(f"cannot write {args.save_map}: {exc.strerror or exc}")
+    return 0
+
+
+def _score_one(
+    client: PatchbankClient, category: str, map_format: MapFormat, sample: Sample
+) -> dict[str, Any]:
+    record: dict[str, Any] = {"rgb": str(sample.rgb), "xyz": str(sample.xyz)}
+    t0 = time.perf_counter()
+    try:
+        result = client.score(category, sample.rgb, sample.xyz, map=map_format)
+    except APIError as exc:
+        return {**record, "error": exc.reason, "status": exc.status_code}
+    except OSError as exc:
+        return {
+            **record,
+            "error": f"cannot read {exc.filename or 'input'}: {exc.strerror or exc}",
+            "status": None,
+        }
+    except (PatchbankClientError, ValueError, TypeError) as exc:
+        return {**record, "error": str(exc), "status": None}
+    record.update(_result_json(result))
+    record["latency_ms"] = round((time.perf_counter() - t0) * 1000, 1)
+    return record
+
+
+def _open_out(out: str) -> TextIO:
+    if out == "-":
+        return sys.stdout
+    path = Path(out)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return path.open("w", encoding="utf-8")
+    except OSError as exc:
+        raise UsageError(f"cannot write {out}: {exc.strerror or exc}") from exc
+
+
+def _run_dir(args: argparse.Namespace) -> int:
+    if args.save_map or args.json:
+        raise UsageError("--save-map and --json are for one sample (--rgb/--xyz); --dir writes JSON lines")
+    folder = Path(args.dir)
+    samples, unpaired = find_samples(folder)
+    if not samples:
+        raise UsageError(
+            f"no samples found in {folder} (expected .../rgb/NNN.png with .../xyz/NNN.tiff, "
+            "or NAME.png with NAME.tiff/NAME.npy)"
+        )
+    if unpaired:
+        print(f"warning: skipped {_plural(unpaired, 'rgb file')} without an xyz file", file=sys.stderr)
+    map_format = cast(MapFormat, args.map or "none")
+
+    with _client(args) as client:
+        # Fail fast on what would fail every sample alike: unreachable service, bad key, unknown category.
+        try:
+            client.category(args.category)
+        except (PatchbankClientError, ValueError) as exc:
+            return _error(str(exc))
+
+        out = _open_out(args.out)
+        report = sys.stderr if out is sys.stdout else sys.stdout
+        ok = ng = errors = 0
+        latencies: list[float] = []
+        interrupted = False
+        try:
+            for sample in tqdm(
+                samples, unit="sample", desc=args.category, file=sys.stderr, dynamic_ncols=True
+            ):
+                record = _score_one(client, args.category, map_format, sample)
+                out.write(json.dumps(record) + "\n")
+                out.flush()
+                if "error" in record:
+                    errors += 1
+                else:
+                    latencies.append(record["latency_ms"])
+                    if record["is_anomalous"]:
+                        ng += 1
+                    else:
+                        ok += 1
+        except KeyboardInterrupt:
+            interrupted = True
+        finally:
+            if out is not sys.stdout:
+                out.close()
+
+    done = ok + ng + errors
+    if latencies:
+        p50, p95 = np.percentile(latencies, [50, 95])
+        latency = f"latency p50 {p50:.0f} ms, p95 {p95:.0f} ms"
+    else:
+        latency = "latency n/a"
+    where = "" if args.out == "-" else f" -> {args.out}"
+    print(f"{done} samples: {ok} OK, {ng} NG, {errors} errors; {latency}{where}", file=report)
+    if interrupted:
+        print(f"interrupted after {done} of {len(samples)} samples", file=sys.stderr)
+        return 130
+    return 1 if errors else 0
+
+
+# --------------------------------------------------------------------------------------------------- main
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="score",
+        description="Score RGB + xyz samples with a Patchbank service: one sample (--rgb/--xyz), "
+        "or every sample under a folder (--dir, MVTec 3D-AD layout or NAME.png + NAME.tiff pairs).",
+    )
+    p.add_argument(
+        "--url",
+        default=os.environ.get(ENV_URL),
+        help=f"service base URL, e.g. http://inspect-01:8000 (default: ${ENV_URL})",
+    )
+    p.add_argument("--category", required=True, help="category (bank) to score against")
+    p.add_argument(
+        "--api-key", default=os.environ.get(ENV_API_KEY), help=f"API key (default: ${ENV_API_KEY})"
+    )
+    p.add_argument("--rgb", help="RGB image (PNG/JPEG/TIFF) of one sample")
+    p.add_argument("--xyz", help="organized point cloud (.tiff H x W x 3 float32, or .npy) of one sample")
+    p.add_argument("--dir", help="score every sample under this folder, one request at a time")
+    p.add_argument("--out", help="JSON lines file for --dir results ('-' for stdout)")
+    p.add_argument("--map", choices=MAP_FORMATS, default=None, help="anomaly map to ask for (default: none)")
+    p.add_argument("--save-map", metavar="PNG", help="ask for the PNG heatmap and write it here (one sample)")
+    p.add_argument("--sample-id", help="sample id the service echoes back and logs (one sample)")
+    p.add_argument("--json", action="store_true", help="print the full JSON answer (one sample)")
+    p.add_argument("--timeout", type=float, default=30.0, help="seconds per request (default: 30)")
+    p.add_argument(
+        "--retries", type=int, default=3, help="extra tries on connection errors and 503 (default: 3)"
+    )
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+        if not args.url:
+            parser.error(f"--url is required (or set ${ENV_URL})")
+        if args.retries < 0 or args.timeout <= 0:
+            parser.error("--retries must be >= 0 and --timeout > 0")
+        single = args.rgb is not None or args.xyz is not None
+        if args.dir is not None and single:
+            parser.error("give either --dir or --rgb/--xyz, not both")
+        if args.dir is None and not (args.rgb and args.xyz):
+            parser.error("give --rgb and --xyz for one sample, or --dir and --out for a folder")
+        if args.dir is not None and not args.out:
+            parser.error("--dir needs --out (a JSON lines file, or '-' for stdout)")
+    except SystemExit as exc:  # argparse's usage errors and --help: an exit code, not an exception
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
+
+    try:
+        return _run_dir(args) if args.dir is not None else _run_single(args)
+    except UsageError as exc:
+        return _error(str(exc))
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
