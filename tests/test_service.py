@@ -426,3 +426,21 @@ def test_sigterm_finishes_in_flight_requests_and_logs_are_json(banks: Path, demo
     scored = [r for r in records if r["message"] == "scored"]
     assert scored and scored[0]["sample_id"] == "in-flight"
     assert {"category", "bank_version", "score", "decision", "latency_ms"} <= set(scored[0])
+
+
+def test_a_bad_bank_is_reported_and_skipped(banks: Path, tmp_path: Path, demo_root: Path) -> None:
+    mixed = tmp_path / "banks"
+    shutil.copytree(banks / CATEGORY, mixed / CATEGORY)
+    shutil.copytree(banks / CATEGORY, mixed / "broken")  # its manifest names another category: refused
+    (mixed / "empty").mkdir()  # no versions at all: not a bank, ignored
+    settings = ServiceSettings(banks=mixed, device="cpu")
+    rgb, xyz = sample_bytes(demo_root)
+    with live_server(create_app(settings)) as base:
+        body = httpx.get(f"{base}/categories").json()
+        assert [c["name"] for c in body["categories"]] == [CATEGORY]
+        assert "broken" in body["errors"] and "holds puck/v0001" in body["errors"]["broken"]
+        ok = httpx.post(f"{base}/score", data={"category": CATEGORY}, files=files(rgb, xyz), timeout=60)
+        assert ok.status_code == 200
+        assert (
+            httpx.post(f"{base}/score", data={"category": "broken"}, files=files(rgb, xyz)).status_code == 404
+        )
