@@ -57,18 +57,18 @@ MIN_SIDE: Final = 32  # pixels; below this a defect would cover no pixel
 MM: Final = 1e-3
 TABLE_DISTANCE = 0.50  # m, nominal camera-to-table distance
 DISTANCE_JITTER = 0.01  # m, per-sample +- change of that distance
-FIELD_OF_VIEW = 0.26  # m of table covered by the shorter image side at the nominal distance
+FIELD_OF_VIEW = 0.25  # m of table covered by the shorter image side at the nominal distance
 MAX_TILT_DEG = 3.0  # per-axis camera tilt
 POSE_SHIFT = 4 * MM  # +- object translation
 POSE_ROTATION_DEG = 10.0  # +- in-plane object rotation
 TRACE_ITERATIONS = 12
-TRACE_TOLERANCE = 1e-6  # m; a ray whose depth still moves more than this is an occlusion (dropout)
+TRACE_TOLERANCE = 1e-5  # m; a ray whose depth still moves more than this is an occlusion (dropout)
 TRACE_MARGIN = 15 * MM  # table hits this far outside the footprint are traced against the object too
 AMBIENT = 0.75
 DIFFUSE = 0.25
 TABLE_RGB = (0.30, 0.31, 0.33)
 DEFECT_TRIES = 8
-# Folder kind per split, in writing order.
+FLAT_TOLERANCE = 2.5 * MM  # max intact height range under a defect
 _STREAM_COUNT = 4  # pose, texture, sensor, defect
 
 
@@ -199,14 +199,14 @@ class _Category(ABC):
 
 
 class _Puck(_Category):
-    """A rounded disc 92 mm across and 8 mm thick, slightly domed, with a raised rim and a central grey boss;
+    """A rounded disc 100 mm across and 8 mm thick, slightly domed, with a raised rim and a central grey boss;
     beige with a printed blue ring and four tick marks (so its rotation is visible)."""
 
     name = "puck"
     cat_id = 0
-    radius = 46 * MM
-    bound = 46 * MM
-    boss_radius = 13 * MM
+    radius = 50 * MM
+    bound = 50 * MM
+    boss_radius = 14 * MM
 
     def sdf(self, u: FloatArray, v: FloatArray) -> FloatArray:
         return np.hypot(u, v) - self.radius
@@ -216,7 +216,7 @@ class _Puck(_Category):
         body = _smoothstep(self.radius, self.radius - 4 * MM, r) * (
             8 * MM + 1 * MM * (1 - (r / self.radius) ** 2)
         )
-        rim = 3 * MM * 0.5 * (1 + np.cos(np.pi * np.clip(np.abs(r - 37 * MM) / (3.5 * MM), 0.0, 1.0)))
+        rim = 3 * MM * 0.5 * (1 + np.cos(np.pi * np.clip(np.abs(r - 40.5 * MM) / (3.5 * MM), 0.0, 1.0)))
         boss = 6 * MM * _smoothstep(self.boss_radius, self.boss_radius - 3 * MM, r)
         return body + rim + boss
 
@@ -224,8 +224,8 @@ class _Puck(_Category):
         r = np.hypot(u, v)
         col = np.broadcast_to(np.array([0.80, 0.68, 0.50]), (u.size, 3))
         col = _mix(col, (0.58, 0.58, 0.61), _smoothstep(self.boss_radius, self.boss_radius - 0.8 * MM, r))
-        ring = _smoothstep(0.9 * MM, 0.5 * MM, np.abs(r - 27 * MM))
-        band = _smoothstep(15.5 * MM, 16.5 * MM, r) * _smoothstep(23.5 * MM, 22.5 * MM, r)
+        ring = _smoothstep(0.9 * MM, 0.5 * MM, np.abs(r - 29 * MM))
+        band = _smoothstep(16.5 * MM, 17.5 * MM, r) * _smoothstep(25.5 * MM, 24.5 * MM, r)
         ticks = band * _smoothstep(0.8 * MM, 0.4 * MM, np.minimum(np.abs(u), np.abs(v)))
         col = _mix(col, (0.16, 0.20, 0.42), 0.9 * np.maximum(ring, ticks))
         grain = 1.0 + 0.05 * tex.low(u, v) + 0.035 * tex.fine(u, v)
@@ -277,15 +277,26 @@ class _Bracket(_Category):
 CATEGORIES: Final[dict[str, _Category]] = {c.name: c for c in (_Puck(), _Bracket())}
 
 
-def _interior_point(cat: _Category, rng: Rng, margin: float) -> tuple[float, float]:
-    """A random object point (m) at least ``margin`` metres inside the footprint (centre if none found)."""
+def _interior_point(cat: _Category, rng: Rng, margin: float, probe: float = 0.0) -> tuple[float, float]:
+    """A random object point (m) at least ``margin`` metres inside the footprint where the intact height
+    varies by less than ``FLAT_TOLERANCE`` within ``probe`` metres (so defects avoid steep walls); falls
+    back to any interior point, then to the centre."""
+    ring = np.linspace(0, 2 * np.pi, 12, endpoint=False)
+    offsets = np.concatenate([[[0.0, 0.0]], probe * np.stack([np.cos(ring), np.sin(ring)], axis=1)])
+    fallback: tuple[float, float] | None = None
     for _ in range(16):
         cand = rng.uniform(-cat.bound, cat.bound, size=(64, 2))
         inside = cat.sdf(cand[:, 0], cand[:, 1]) < -margin
-        if inside.any():
-            u, v = cand[int(np.argmax(inside))]
+        probes = cand[:, None, :] + offsets[None, :, :]
+        h = cat.height(probes[..., 0].ravel(), probes[..., 1].ravel()).reshape(probes.shape[:2])
+        good = inside & (np.ptp(h, axis=1) < FLAT_TOLERANCE)
+        if good.any():
+            u, v = cand[int(np.argmax(good))]
             return float(u), float(v)
-    return 0.0, 0.0
+        if fallback is None and inside.any():
+            u, v = cand[int(np.argmax(inside))]
+            fallback = (float(u), float(v))
+    return fallback if fallback is not None else (0.0, 0.0)
 
 
 def _boundary_point(cat: _Category, angle: float) -> tuple[FloatArray, FloatArray]:
@@ -474,7 +485,7 @@ def _draw_blob(kind: str, cat: _Category, rng: Rng, pixel: float) -> _Blob:
         )
     if kind != "stain":
         lobes = ((0.0, 0.0),) * 3
-    centre = _interior_point(cat, rng, 1.3 * a + 2 * MM)
+    centre = _interior_point(cat, rng, 1.3 * a + 2 * MM, a)
     return _Blob(kind, centre, 1.3 * a, (a, b), angle, lobes, dz, tint, alpha, mask_rho)
 
 
@@ -489,7 +500,7 @@ def _draw_crack(cat: _Category, rng: Rng, pixel: float) -> _Crack:
     path = np.concatenate([np.zeros((1, 2)), np.cumsum(steps, axis=0)])
     path -= path.mean(axis=0)
     for _ in range(32):
-        centre = _interior_point(cat, rng, 0.5 * length + 2 * MM)
+        centre = _interior_point(cat, rng, 0.5 * length + 2 * MM, 0.5 * length)
         pts = path + np.asarray(centre)
         if (cat.sdf(pts[:, 0], pts[:, 1]) < -2 * MM).all():
             break
@@ -499,10 +510,11 @@ def _draw_crack(cat: _Category, rng: Rng, pixel: float) -> _Crack:
 
 
 def _draw_cut(cat: _Category, rng: Rng, pixel: float) -> _Cut:
-    """A 6-15 mm chip out of the object's edge (radius >= 2.5 pixels)."""
-    radius = max(rng.uniform(3 * MM, 7.5 * MM), 2.5 * pixel)
+    """A chip out of the object's edge: a disc of radius 4-8 mm (>= 2.5 pixels) centred at most a quarter
+    radius outside (or a tenth inside) the outline, so 3-9 mm of material is missing."""
+    radius = max(rng.uniform(4 * MM, 8 * MM), 2.5 * pixel)
     edge, normal = _boundary_point(cat, rng.uniform(0, 2 * math.pi))
-    centre = edge + normal * radius * rng.uniform(0.2, 0.5)
+    centre = edge + normal * radius * rng.uniform(-0.1, 0.25)
     soft = max(0.4 * MM, 0.5 * pixel)
     return _Cut("cut", (float(centre[0]), float(centre[1])), radius + soft, radius, soft)
 
@@ -583,7 +595,7 @@ class _Pose:
 
 @dataclass(frozen=True)
 class _Light:
-    """Lighting: unit direction towards the light (3,) camera frame, ambient/diffuse weights, global gain and
+    """Lighting: unit direction towards the light (3,) camera frame, global gain and
     per-channel white balance (3,)."""
 
     direction: FloatArray
@@ -607,13 +619,13 @@ class _SensorDraws:
     depth noise (H, W) unit normal and its sigma (m), uniforms (H, W) for speckle and slope dropouts,
     speckle rate, left-border band width per row (H,) pixels, RGB noise (H, W, 3) unit normal and sigma."""
 
-    depth_noise: FloatArray
+    depth_noise: npt.NDArray[np.float32]
     depth_sigma: float
-    speckle: FloatArray
+    speckle: npt.NDArray[np.float32]
     speckle_rate: float
-    slope: FloatArray
+    slope: npt.NDArray[np.float32]
     band: npt.NDArray[np.intp]
-    rgb_noise: FloatArray
+    rgb_noise: npt.NDArray[np.float32]
     rgb_sigma: float
 
     @classmethod
@@ -624,13 +636,13 @@ class _SensorDraws:
         wobble = np.interp(np.linspace(0, 1, height), np.linspace(0, 1, knots.size), knots)
         band = np.rint(rng.uniform(0.02, 0.045) * width * (1 + 0.3 * wobble)).astype(np.intp)
         return cls(
-            depth_noise=rng.standard_normal((height, width)),
+            depth_noise=rng.standard_normal((height, width), dtype=np.float32),
             depth_sigma=float(rng.uniform(0.1 * MM, 0.3 * MM)),
-            speckle=rng.random((height, width)),
+            speckle=rng.random((height, width), dtype=np.float32),
             speckle_rate=float(rng.uniform(0.005, 0.01)),
-            slope=rng.random((height, width)),
+            slope=rng.random((height, width), dtype=np.float32),
             band=np.maximum(band, 1),
-            rgb_noise=rng.standard_normal((height, width, 3)),
+            rgb_noise=rng.standard_normal((height, width, 3), dtype=np.float32),
             rgb_sigma=float(rng.uniform(0.006, 0.01)),
         )
 
@@ -702,7 +714,7 @@ def _surface(
 
 def _shade(albedo: FloatArray, normals: FloatArray, light: _Light, noise: _SensorDraws) -> UInt8Array:
     """8-bit RGB (H, W, 3) from albedo (H, W, 3) and normals (H, W, 3): ambient + weak Lambert + noise."""
-    lambert = np.clip(normals @ light.direction, 0.0, None)
+    lambert = np.clip(np.einsum("hwc,c->hw", normals, light.direction), 0.0, None)  # no BLAS threads
     shading = (AMBIENT + DIFFUSE * lambert) * light.gain
     rgb = albedo * shading[..., None] * light.balance + noise.rgb_sigma * noise.rgb_noise
     return np.clip(np.rint(rgb * 255.0), 0, 255).astype(np.uint8)
@@ -734,7 +746,7 @@ def _render_scene(
     """Ray-cast, shade and sense one scene into a sample (see :class:`DemoSample` for shapes)."""
     shape = (camera.height, camera.width)
     rays = camera.rays()
-    rays_table = rays @ camera.to_table.T
+    rays_table = np.einsum("nc,kc->nk", rays, camera.to_table)  # no BLAS threads
     depth, converged = _trace(scene, camera, rays_table)
     points = (rays * depth[:, None]).reshape(*shape, 3)
     normals = _normals(points)
@@ -845,7 +857,7 @@ def _plan(n_train: int, n_validation: int, n_test: int) -> list[tuple[str, str, 
 def _write_sample(folder: Path, index: int, sample: DemoSample, with_gt: bool) -> None:
     """Write rgb/NNN.png, xyz/NNN.tiff and (if ``with_gt``) gt/NNN.png under ``folder``."""
     stem = f"{index:03d}"
-    Image.fromarray(sample.rgb).save(folder / "rgb" / f"{stem}.png")
+    Image.fromarray(sample.rgb).save(folder / "rgb" / f"{stem}.png", compress_level=1)  # 6x faster
     tifffile.imwrite(folder / "xyz" / f"{stem}.tiff", sample.xyz, photometric="rgb")
     if with_gt:
         Image.fromarray(sample.gt).save(folder / "gt" / f"{stem}.png")

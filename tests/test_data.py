@@ -57,7 +57,9 @@ def test_masks_any_nonzero_is_anomalous(root: Path) -> None:
 
 
 def test_missing_category_names_what_exists(demo_root: Path) -> None:
-    with pytest.raises(DataError, match=r"category 'cable_gland' not found: .*cable_gland.*found: bracket, puck"):
+    with pytest.raises(
+        DataError, match=r"category 'cable_gland' not found: .*cable_gland.*found: bracket, puck"
+    ):
         list_samples(demo_root, "cable_gland", "train")
 
 
