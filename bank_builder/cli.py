@@ -75,7 +75,33 @@ def build_bank_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--no-evaluate", action="store_true", help="skip evaluation on the test split")
     p.add_argument("--json", type=Path, help="also write the evaluation as JSON")
+    _publishing(p)
     return p
+
+
+def _publishing(p: argparse.ArgumentParser) -> None:
+    from bank_builder.publish import DEFAULT_KEEP, DEFAULT_TOLERANCE
+
+    p.add_argument(
+        "--publish",
+        action="store_true",
+        help="make the new version active in Redis (REDIS_URL) so every replica swaps to it",
+    )
+    p.add_argument(
+        "--force", action="store_true", help="publish even if it evaluates worse than the active one"
+    )
+    p.add_argument(
+        "--tolerance",
+        type=float,
+        default=DEFAULT_TOLERANCE,
+        help=f"how much worse (I-AUROC, AU-PRO, P-AUROC) is still published (default {DEFAULT_TOLERANCE})",
+    )
+    p.add_argument(
+        "--keep",
+        type=int,
+        default=DEFAULT_KEEP,
+        help=f"versions kept for rollback when publishing (default {DEFAULT_KEEP})",
+    )
 
 
 def build_bank_main(argv: Sequence[str] | None = None) -> int:
@@ -101,6 +127,7 @@ def _build_bank(args: argparse.Namespace) -> int:
         device=default_device(args.device or s.device),
         batch_size=args.batch_size,
         evaluate=not args.no_evaluate,
+        activate=not args.publish,
         progress=not args.quiet,
     )
     result = build_bank(req)
@@ -115,6 +142,43 @@ def _build_bank(args: argparse.Namespace) -> int:
         print(table(result.evaluation))
         if args.json:
             args.json.write_text(result.evaluation.model_dump_json(indent=2))
+    if args.publish:
+        _publish(req.banks, m.category, m.version, s.redis_url, args)
+    return 0
+
+
+def _publish(
+    banks: Path, category: str, version: str, redis_url: str | None, args: argparse.Namespace
+) -> None:
+    from bank_builder.publish import publish_version
+
+    pruned = publish_version(banks, category, version, redis_url, args.force, args.tolerance, args.keep)
+    where = "Redis and the banks directory" if redis_url else "the banks directory (no REDIS_URL)"
+    print(f"published {category}/{version} in {where}" + (f"; pruned {', '.join(pruned)}" if pruned else ""))
+
+
+def publish_bank_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="publish-bank", description="Make an existing bank version active everywhere (also: rollback)."
+    )
+    p.add_argument("--category", required=True)
+    p.add_argument("--version", required=True, help="e.g. v0003")
+    p.add_argument("--banks", type=Path, help="banks directory; default PATCHBANK_BANKS")
+    p.add_argument("--quiet", action="store_true")
+    _publishing(p)
+    return p
+
+
+def publish_bank_main(argv: Sequence[str] | None = None) -> int:
+    return run(_publish_bank, publish_bank_parser(), argv)
+
+
+def _publish_bank(args: argparse.Namespace) -> int:
+    from patchbank.config import Settings, require
+
+    s = Settings()
+    banks = require(args.banks or s.banks, "banks directory", "--banks", "PATCHBANK_BANKS")
+    _publish(banks, args.category, args.version, s.redis_url, args)
     return 0
 
 

@@ -39,6 +39,11 @@ class Settings(BaseSettings):
     banks: Path | None = Field(None, description="directory holding one folder of bank versions per category")
     device: str | None = Field(None, description="cpu or cuda; default: cuda when available")
     weights: Path | None = Field(None, description="local RGB backbone weights file")
+    redis_url: str | None = Field(
+        None,
+        validation_alias="REDIS_URL",
+        description="redis:// or rediss:// URL of the shared bank registry",
+    )
 
     @classmethod
     def settings_customise_sources(

@@ -73,6 +73,12 @@ class BankRegistry:
             raise NotFoundError(f"unknown category {category!r} (loaded: {known})")
         return scorer
 
+    def version_of(self, category: str) -> str | None:
+        """The loaded bank version of a category, or None."""
+        with self._lock:
+            scorer = self._scorers.get(category)
+        return scorer.bank.manifest.version if scorer else None
+
     def categories(self) -> list[str]:
         with self._lock:
             return sorted(self._scorers)

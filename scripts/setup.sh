@@ -5,6 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 apt_packages=(libusb-1.0-0 libgomp1)   # open3d needs libusb-1.0; torch and faiss need OpenMP
+[[ ${PATCHBANK_SETUP_TESTS:-1} == 1 ]] && apt_packages+=(redis-server)   # the tests start a real Redis
 missing=()
 for p in "${apt_packages[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if ((${#missing[@]})); then

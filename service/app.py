@@ -33,6 +33,7 @@ from patchbank.errors import (
 )
 from patchbank.registry import BankRegistry
 from patchbank.scorer import BankScorer
+from service.fleet import FleetLink, IdempotencyConflict, event_fields, request_digest
 from service.limits import BodyLimit
 from service.models import (
     BatchResponse,
@@ -71,6 +72,7 @@ STATUS: list[tuple[type[Exception], int]] = [
     (Unauthorized, 401),
     (Busy, 503),
     (NotReady, 503),
+    (IdempotencyConflict, 409),
     (BankError, 409),
     (WeightsError, 409),
     (PatchbankError, 400),
@@ -87,11 +89,24 @@ class State:
         self.limiter = anyio.CapacityLimiter(settings.concurrency)
         self.admitted = 0
         self.ready = False
+        self.fleet: FleetLink | None = None
+        if settings.redis_url:
+            self.fleet = FleetLink(
+                settings.redis_url,
+                registry,
+                settings.banks,
+                self.metrics,
+                settings.sync_interval_s,
+                settings.stream_maxlen,
+                settings.idempotency_ttl_s,
+            )
 
     def load(self) -> None:
         """Load every bank, warm the extractors up, then turn ready (runs in a thread at start-up)."""
         self.registry.load_all()
         self.registry.warm_up()
+        if self.fleet is not None:
+            self.fleet.start()
         self.ready = True
         log.info("ready", extra={"categories": self.registry.categories(), "errors": self.registry.errors})
 
@@ -165,6 +180,9 @@ def create_app(settings: ServiceSettings | None = None, registry: BankRegistry |
         yield
         if not loading.done():
             loading.cancel()
+        if state.fleet is not None:
+            await anyio.to_thread.run_sync(state.fleet.stop)
+            await state.fleet.aclose()
 
     errors = {code: {"model": ErrorResponse} for code in (400, 401, 404, 409, 413, 422, 503)}
     app = FastAPI(
@@ -218,13 +236,25 @@ def _install_routes(app: FastAPI) -> None:
         ],
         map: Annotated[MapFormat | None, Form(description="none, png (heatmap) or array (float16)")] = None,
         sample_id: Annotated[str | None, Form(description="the line's id of this part, echoed back")] = None,
-    ) -> ScoreResponse:
+        idempotency_key: Annotated[
+            str | None, Header(description="with Redis: a retry gets the same answer")
+        ] = None,
+    ) -> Any:
         """Score one sample: image score, OK/NG decision, defect regions and the anomaly map."""
         start = time.perf_counter()
         scorer = state.registry.get(category)
         upload = Upload(await rgb.read(), await xyz.read(), xyz.filename, sample_id)
-        result = (await state.run(score_uploads, scorer, [upload], map or state.settings.default_map))[0]
+        fmt = map or state.settings.default_map
+        digest = None
+        if idempotency_key and state.fleet is not None:
+            digest = request_digest(category, fmt, sample_id, upload.rgb, upload.xyz)
+            stored = await state.fleet.recall(idempotency_key, digest)
+            if stored is not None:
+                return JSONResponse(stored)
+        result = (await state.run(score_uploads, scorer, [upload], fmt))[0]
         _observe(state, [result], start)
+        if digest is not None and state.fleet is not None:
+            await state.fleet.remember(idempotency_key or "", digest, result.model_dump(mode="json"))
         return result
 
     @app.post(
@@ -290,7 +320,13 @@ def _install_routes(app: FastAPI) -> None:
     @app.get("/readyz", response_model=Readiness, responses={503: {"model": Readiness}}, tags=["health"])
     async def readyz(state: StateDep) -> Any:
         """Banks loaded and extractors warmed up: 200, else 503."""
-        body = Readiness(status="ready" if state.ready else "loading", categories=state.registry.categories())
+        fleet = state.fleet
+        body = Readiness(
+            status="ready" if state.ready else "loading",
+            categories=state.registry.categories(),
+            redis="off" if fleet is None else ("unreachable" if fleet.degraded else "ok"),
+            degraded=fleet is not None and fleet.degraded,
+        )
         return JSONResponse(body.model_dump(), status_code=200 if state.ready else 503)
 
     @app.get("/metrics", response_class=PlainTextResponse, tags=["health"])
@@ -308,6 +344,8 @@ def _observe(state: State, results: list[ScoreResponse], start: float) -> None:
     m.stage_seconds.labels(stage="total").observe(latency_ms / 1000.0)
     for r in results:
         r.timings_ms.total = latency_ms
+        if state.fleet is not None:
+            state.fleet.record_score(event_fields(r, latency_ms))
         decision = "NG" if r.is_anomalous else "OK"
         m.image_score.labels(category=r.category).observe(r.image_score)
         m.decisions.labels(category=r.category, decision=decision).inc()

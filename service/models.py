@@ -78,6 +78,8 @@ class Health(BaseModel):
 class Readiness(BaseModel):
     status: Literal["ready", "loading"]
     categories: list[str] = Field(default_factory=list)
+    redis: Literal["off", "ok", "unreachable"] = Field("off", description="the shared registry's state")
+    degraded: bool = Field(False, description="scoring works, but Redis is unreachable (no sharing)")
 
 
 class ErrorResponse(BaseModel):

@@ -48,6 +48,14 @@ class Metrics:
             "samples admitted and not finished (running + waiting)",
             registry=self.registry,
         )
+        self.stream_dropped = Counter(
+            "patchbank_stream_dropped_total",
+            "score events not appended to Redis (unreachable)",
+            registry=self.registry,
+        )
+        self.redis_up = Gauge(
+            "patchbank_redis_up", "1 when Redis answers, 0 when not", registry=self.registry
+        )
         self.rejected = Counter(
             "patchbank_rejected_total", "requests refused because the queue was full", registry=self.registry
         )

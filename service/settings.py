@@ -26,6 +26,14 @@ class ServiceSettings(BaseSettings):
     queue_size: int = Field(8, ge=0, description="requests allowed to wait; beyond that 503 + Retry-After")
     default_map: Literal["none", "png", "array"] = Field("png", description="anomaly map format by default")
     log_json: bool = Field(True, description="structured JSON-lines logs")
+    redis_url: str | None = Field(
+        None,
+        validation_alias="REDIS_URL",
+        description="redis:// or rediss:// URL; unset = one process, no Redis",
+    )
+    sync_interval_s: float = Field(2.0, gt=0, description="how often a replica re-reads the shared registry")
+    stream_maxlen: int = Field(10000, ge=1, description="score events kept per category in the Redis stream")
+    idempotency_ttl_s: int = Field(86400, ge=1, description="how long an Idempotency-Key's answer is kept")
 
     @field_validator("api_keys", "admin_keys", mode="before")
     @classmethod
