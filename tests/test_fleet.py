@@ -246,3 +246,12 @@ def test_publishing_refuses_a_worse_bank_and_prunes(redis_server: RedisServer, b
     assert bankfmt.versions(banks, CATEGORY) == [v2, v3, slightly]
     publish_version(banks, CATEGORY, v2, redis_server.url, force=True)  # rollback = publish the older one
     assert fleet.active_versions(client) == {CATEGORY: v2}
+
+
+def test_a_replica_started_later_converges_to_the_registry(redis_server: RedisServer, banks: Path) -> None:
+    """Redis names v0002 while the banks directory's ACTIVE still says v0001 (no message will come)."""
+    v2 = new_version(banks)
+    redis.Redis.from_url(redis_server.url).hset(fleet.ACTIVE_KEY, CATEGORY, v2)
+    assert bankfmt.active_version(banks, CATEGORY) == "v0001"
+    with live_server(create_app(settings(banks, redis_server.url))) as url:
+        wait_for(lambda: httpx.get(f"{url}/categories/{CATEGORY}").json()["bank_version"] == v2)
