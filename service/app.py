@@ -110,10 +110,14 @@ class State:
         self.ready = True
         log.info("ready", extra={"categories": self.registry.categories(), "errors": self.registry.errors})
 
-    async def run(self, fn: Callable[..., T], *args: Any) -> T:
-        """Run CPU/GPU work in a worker thread, or refuse at once when the queue is full."""
+    def scorer(self, category: str) -> BankScorer:
+        """The category's scorer; 503 while banks are still loading (not a misleading 404)."""
         if not self.ready:
             raise NotReady("banks are still loading; retry shortly")
+        return self.registry.get(category)
+
+    async def run(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run CPU/GPU work in a worker thread, or refuse at once when the queue is full."""
         if self.admitted >= self.settings.concurrency + self.settings.queue_size:
             self.metrics.rejected.inc()
             raise Busy(f"scoring queue is full ({self.admitted} samples admitted); retry shortly")
@@ -242,7 +246,7 @@ def _install_routes(app: FastAPI) -> None:
     ) -> Any:
         """Score one sample: image score, OK/NG decision, defect regions and the anomaly map."""
         start = time.perf_counter()
-        scorer = state.registry.get(category)
+        scorer = state.scorer(category)
         upload = Upload(await rgb.read(), await xyz.read(), xyz.filename, sample_id)
         fmt = map or state.settings.default_map
         digest = None
@@ -274,7 +278,7 @@ def _install_routes(app: FastAPI) -> None:
             raise InputError(f"batch has {len(rgb)} rgb files but {len(xyz)} xyz files")
         if sample_id is not None and len(sample_id) != len(rgb):
             raise InputError(f"batch has {len(rgb)} samples but {len(sample_id)} sample_id values")
-        scorer = state.registry.get(category)
+        scorer = state.scorer(category)
         ids = sample_id or [None] * len(rgb)
         uploads = [
             Upload(await r.read(), await x.read(), x.filename, i)

@@ -444,3 +444,23 @@ def test_a_bad_bank_is_reported_and_skipped(banks: Path, tmp_path: Path, demo_ro
         assert (
             httpx.post(f"{base}/score", data={"category": "broken"}, files=files(rgb, xyz)).status_code == 404
         )
+
+
+def test_before_banks_are_loaded_scoring_answers_503(banks: Path, demo_root: Path) -> None:
+    """Through the ASGI app without its start-up (lifespan not run): nothing is loaded yet."""
+    import asyncio
+
+    app = create_app(ServiceSettings(banks=banks, device="cpu"))
+    rgb, xyz = sample_bytes(demo_root)
+
+    async def ask() -> tuple[httpx.Response, httpx.Response]:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://pb") as client:
+            ready = await client.get("/readyz")
+            scored = await client.post("/score", data={"category": CATEGORY}, files=files(rgb, xyz))
+        return ready, scored
+
+    ready, scored = asyncio.run(ask())
+    assert ready.status_code == 503 and ready.json()["status"] == "loading"
+    assert scored.status_code == 503 and "still loading" in scored.json()["detail"]
+    assert scored.headers["Retry-After"] == "1"
