@@ -209,6 +209,85 @@ def _coreset(ratio: float, seed: int) -> CoresetSpec:
         raise InputError(f"--coreset-ratio must be in (0, 1], got {ratio}") from exc
 
 
+def bench_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="bench",
+        description="Time every stage of build and score, fast path against the reference path, in one run.",
+    )
+    p.add_argument(
+        "--root", type=Path, default=Path("bench-work"), help="demo data and scratch (default bench-work)"
+    )
+    p.add_argument("--category", default="puck", help="demo category (default puck)")
+    p.add_argument(
+        "--methods", default="fpfh,rgb+fpfh", help="comma-separated methods (default fpfh,rgb+fpfh)"
+    )
+    p.add_argument("--train", type=int, default=100, help="training samples (default 100)")
+    p.add_argument("--test", type=int, default=5, help="test samples per kind (default 5: 30 in all)")
+    p.add_argument("--size", type=int, default=800, help="demo image side, pixels (default 800)")
+    p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    w = p.add_mutually_exclusive_group()
+    w.add_argument("--weights", type=Path, help="local RGB backbone weights (.safetensors or .pt state dict)")
+    w.add_argument("--random-weights", nargs="?", const=0, type=int, metavar="SEED", help="random backbone")
+    p.add_argument("--batch-size", type=int, default=8, help="build batch size (default 8)")
+    p.add_argument("--batch-sizes", default="1,8", help="batch sizes of the throughput table (default 1,8)")
+    p.add_argument("--index-kinds", default="flat,hnsw", help="index kinds compared (default flat,hnsw)")
+    p.add_argument("--no-reference", action="store_true", help="skip the reference path (e.g. on a GPU box)")
+    p.add_argument(
+        "--memory-categories", type=int, default=10, help="categories for the RSS figure (0: skip)"
+    )
+    p.add_argument("--json", type=Path, help="also write every figure as JSON")
+    p.add_argument("--quiet", action="store_true")
+    return p
+
+
+def bench_main(argv: Sequence[str] | None = None) -> int:
+    return run(_bench, bench_parser(), argv)
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from bank_builder.bench import BenchConfig, run_bench
+    from patchbank.config import Settings, default_device
+    from patchbank.index import check_kind
+    from patchbank.weights import WeightsRequest
+
+    s = Settings()
+    methods = _split(args.methods, "--methods")
+    weights = args.weights or (s.weights if args.random_weights is None else None)
+    cfg = BenchConfig(
+        root=args.root,
+        category=args.category,
+        methods=methods,
+        n_train=args.train,
+        n_test=args.test,
+        size=args.size,
+        weights=WeightsRequest(path=weights, random_seed=args.random_weights),
+        device=default_device(args.device or s.device),
+        batch_size=args.batch_size,
+        batch_sizes=[_positive(v, "--batch-sizes") for v in _split(args.batch_sizes, "--batch-sizes")],
+        index_kinds=[check_kind(k) for k in _split(args.index_kinds, "--index-kinds")],
+        reference=not args.no_reference,
+        memory_categories=args.memory_categories,
+        progress=not args.quiet,
+    )
+    report = run_bench(cfg)
+    if args.json:
+        args.json.write_text(report.model_dump_json(indent=2))
+    return 0
+
+
+def _split(text: str, flag: str) -> list[str]:
+    items = [v.strip() for v in text.split(",") if v.strip()]
+    if not items:
+        raise InputError(f"{flag} needs at least one value")
+    return items
+
+
+def _positive(text: str, flag: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise InputError(f"{flag} takes positive integers, got {text!r}")
+    return int(text)
+
+
 def evaluate_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="evaluate", description="Evaluate a bank on its category's test split.")
     _common(p)

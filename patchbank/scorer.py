@@ -91,13 +91,14 @@ def reweight(
     return w.astype(np.float32)
 
 
-def score_patches(
+def nearest(
     index: PatchIndex, patches: np.ndarray, exclude_rows: list[np.ndarray] | None = None
-) -> Scores:
-    """Score (B, 784, D) patch features against a bank.
+) -> tuple[np.ndarray, np.ndarray]:
+    """(B, 784, D) patches -> (B, 784) bank rows of their nearest vectors and (B, 784) float64 distances.
 
     ``exclude_rows``: per sample, an (M,) bool mask of bank rows to leave out of its search (held-out
-    scoring of training samples). The reweighting always searches the whole bank, as the published code.
+    scoring of training samples). Distances are recomputed exactly from the found vectors (FAISS's expanded
+    form loses precision for near-duplicates).
     """
     b, n, d = patches.shape
     if n != GRID * GRID:
@@ -108,15 +109,33 @@ def score_patches(
         rows = np.stack(
             [index.search(p, k=1, exclude_rows=ex)[:, 0] for p, ex in zip(patches, exclude_rows, strict=True)]
         )
-    # exact distances to the found neighbours (FAISS's expanded form loses precision for near-duplicates)
-    nearest = index.vectors[rows]  # (B, 784, D)
-    patch_scores = np.linalg.norm(patches.astype(np.float64) - nearest, axis=2)  # (B, 784)
-    top = patch_scores.argmax(axis=1)
-    s_star = patch_scores[np.arange(b), top]
+    dists = np.linalg.norm(patches.astype(np.float64) - index.vectors[rows], axis=2)
+    return rows, dists
+
+
+def image_scores(index: PatchIndex, patches: np.ndarray, rows: np.ndarray, dists: np.ndarray) -> np.ndarray:
+    """(B,) float32 reweighted image scores from one search's results (the reweighting searches the whole
+    bank for the neighbours of m*, as the published code)."""
+    b = len(patches)
+    top = dists.argmax(axis=1)
+    s_star = dists[np.arange(b), top]
     w = reweight(index, patches[np.arange(b), top], rows[np.arange(b), top], s_star)
-    grid = patch_scores.reshape(b, GRID, GRID).astype(np.float32)
-    maps = blur(upsample(grid)).numpy()
-    return Scores(image=(w * s_star).astype(np.float32), patches=grid, maps=maps)
+    return (w * s_star).astype(np.float32)
+
+
+def anomaly_maps(dists: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(B, 784) patch scores -> (B, 28, 28) float32 grid and (B, 224, 224) float32 blurred maps."""
+    grid = dists.reshape(len(dists), GRID, GRID).astype(np.float32)
+    return grid, blur(upsample(grid)).numpy()
+
+
+def score_patches(
+    index: PatchIndex, patches: np.ndarray, exclude_rows: list[np.ndarray] | None = None
+) -> Scores:
+    """Score (B, 784, D) patch features against a bank: one search serves the map and the reweighting."""
+    rows, dists = nearest(index, patches, exclude_rows)
+    grid, maps = anomaly_maps(dists)
+    return Scores(image=image_scores(index, patches, rows, dists), patches=grid, maps=maps)
 
 
 class BankScorer:

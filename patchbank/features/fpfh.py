@@ -1,13 +1,22 @@
-"""FPFH patch features (BTF): Open3D normals and FPFH on the valid points of the 224 x 224 cloud.
+"""FPFH patch features (BTF): normals and FPFH on the valid points of the 224 x 224 cloud.
 
-Normals: hybrid KD-tree search (radius 0.1 m, max 30 neighbours); FPFH: radius 0.25 m, max 100 neighbours.
-The 33-d descriptors are scattered back to the grid (zeros where a point is missing), then pooled to 28 x 28.
+Normals: hybrid search (radius 0.1 m, max 30 neighbours); FPFH: radius 0.25 m, max 100 neighbours. The 33-d
+descriptors are scattered back to the grid (zeros where a point is missing), then pooled to 28 x 28.
+
+Where the neighbours come from (``neighbours``):
+
+- ``grid`` (default): the nearest points among a (2 window + 1)^2 pixel window of the organized cloud, then
+  Open3D's normal and FPFH arithmetic ported exactly; a numba kernel on the CPU (about 6x faster than
+  Open3D on 2 cores), plain torch on a GPU. Equal to ``kdtree`` wherever the window holds a point's true
+  nearest neighbours, which on a camera's organized cloud is nearly everywhere (``bench`` prints the metrics
+  of both).
+- ``kdtree``: Open3D's KD-tree, BTF's recipe as published (the reference path).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -27,10 +36,14 @@ class FPFHOptions(BaseModel):
     normal_max_nn: int = Field(30, gt=2, description="normal estimation neighbour cap")
     feature_radius: float = Field(0.25, gt=0, description="FPFH search radius, metres")
     feature_max_nn: int = Field(100, gt=2, description="FPFH neighbour cap")
+    neighbours: Literal["grid", "kdtree"] = Field(
+        "grid", description="grid: nearest points in a pixel window (fast); kdtree: Open3D's KD-tree (BTF)"
+    )
+    window: int = Field(8, ge=1, le=32, description="grid: half-width of the pixel window")
 
 
 def fpfh_map(xyz: np.ndarray, opts: FPFHOptions) -> np.ndarray:
-    """(H, W, 3) organized cloud -> (33, H, W) float64 FPFH, zeros where a point is missing."""
+    """(H, W, 3) organized cloud -> (33, H, W) float64 FPFH by Open3D, zeros where a point is missing."""
     import open3d as o3d
 
     h, w, _ = xyz.shape
@@ -49,16 +62,46 @@ def fpfh_map(xyz: np.ndarray, opts: FPFHOptions) -> np.ndarray:
     return full.reshape(h, w, FPFH_DIM).transpose(2, 0, 1)
 
 
+def _numba_available() -> bool:
+    try:
+        import numba  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 class FPFHExtractor(FeatureExtractor):
+    """FPFH on the CPU (Open3D or numba) or, for ``grid`` on a CUDA device or without numba, in torch."""
+
     name = "fpfh"
 
-    def __init__(self, options: dict[str, Any]) -> None:
+    def __init__(self, options: dict[str, Any], device: str = "cpu") -> None:
         self.opts = FPFHOptions(**options)
         self.spec = FeatureSpec(method=self.name, options=self.opts.model_dump(), dim=FPFH_DIM)
+        self.device = torch.device(device)
+        self.backend = self._backend()
+
+    def _backend(self) -> str:
+        if self.opts.neighbours == "kdtree":
+            return "open3d"
+        return "numba" if self.device.type == "cpu" and _numba_available() else "torch"
 
     def grid_maps(self, batch: Sequence[Prepared]) -> torch.Tensor:
-        """(B, 33, 28, 28) pooled FPFH maps (float64, as the Open3D descriptors)."""
-        maps = np.stack([fpfh_map(p.xyz, self.opts) for p in batch])
+        """(B, 33, 28, 28) pooled FPFH maps, float64 (as Open3D's descriptors), on the extractor's device."""
+        o = self.opts
+        if self.backend == "torch":
+            from patchbank.features.fpfh_torch import grid_fpfh_torch
+
+            xyz = torch.from_numpy(np.stack([p.xyz for p in batch])).to(self.device, torch.float64)
+            args = (o.normal_radius, o.normal_max_nn, o.feature_radius, o.feature_max_nn, o.window)
+            return to_grid(grid_fpfh_torch(xyz, *args))
+        if self.backend == "numba":
+            from patchbank.features.fpfh_numba import grid_fpfh
+
+            args = (o.normal_radius, o.normal_max_nn, o.feature_radius, o.feature_max_nn, o.window)
+            maps = np.stack([grid_fpfh(p.xyz, *args) for p in batch])
+        else:
+            maps = np.stack([fpfh_map(p.xyz, o) for p in batch])
         return to_grid(torch.from_numpy(maps))
 
 
@@ -69,4 +112,4 @@ def _create_fpfh(
     device: str,
     override: str | None,
 ) -> FeatureExtractor:
-    return FPFHExtractor(options)
+    return FPFHExtractor(options, device)

@@ -34,7 +34,7 @@ class RGBFPFHExtractor(FeatureExtractor):
     ) -> None:
         opts = RGBFPFHOptions(**options)
         self.rgb = make_rgb(opts.rgb.model_dump(mode="json"), weights, device, override)
-        self.fpfh = FPFHExtractor(opts.fpfh.model_dump(mode="json"))
+        self.fpfh = FPFHExtractor(opts.fpfh.model_dump(mode="json"), device)
         self.weights = self.rgb.weights
         self.image_size = self.rgb.image_size
         self.spec = FeatureSpec(
@@ -42,8 +42,8 @@ class RGBFPFHExtractor(FeatureExtractor):
         )
 
     def grid_maps(self, batch: Sequence[Prepared]) -> torch.Tensor:
-        rgb = self.rgb.grid_maps(batch).to("cpu", torch.float64)
-        return torch.cat([rgb, self.fpfh.grid_maps(batch)], dim=1)
+        rgb = self.rgb.grid_maps(batch).to(torch.float64)
+        return torch.cat([rgb, self.fpfh.grid_maps(batch).to(rgb.device)], dim=1)
 
 
 @register("rgb+fpfh", RGBFPFHOptions)
