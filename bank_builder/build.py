@@ -36,6 +36,7 @@ class BuildRequest:
     method: str = DEFAULT_METHOD
     options: dict[str, Any] = field(default_factory=dict)
     coreset: CoresetSpec = field(default_factory=CoresetSpec)
+    index_kind: str = "flat"
     weights: WeightsRequest = field(default_factory=WeightsRequest)
     device: str = "cpu"
     batch_size: int = 8
@@ -78,7 +79,7 @@ def build_bank(req: BuildRequest) -> BuildResult:
     with timed(timings, "coreset"):
         sampler = create_sampler(req.coreset, device=req.device, progress=req.progress)
         rows = sampler.run(flat)
-        index = PatchIndex(flat[rows], rows, device=req.device)
+        index = PatchIndex(flat[rows], rows, req.index_kind, req.device)
     log.info("coreset: %d of %d patches (%s)", len(rows), len(flat), req.coreset.sampler)
 
     with timed(timings, "held-out"):
@@ -94,6 +95,7 @@ def build_bank(req: BuildRequest) -> BuildResult:
         method=extractor.spec.method,
         features=extractor.spec,
         weights=extractor.weights,
+        index_kind=req.index_kind,
         coreset=bankfmt.CoresetInfo(
             spec=req.coreset, n_patches=len(flat), size=len(rows), projected_dim=sampler.projected_dim
         ),

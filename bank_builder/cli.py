@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from patchbank.errors import InputError, PatchbankError
+from patchbank.index import INDEX_KINDS
 
 if TYPE_CHECKING:
     from patchbank.coreset import CoresetSpec
@@ -62,6 +63,12 @@ def build_bank_parser() -> argparse.ArgumentParser:
     p.add_argument("--layers", help="comma-separated backbone feature levels (default 2,3)")
     p.add_argument("--coreset-ratio", type=float, default=0.1, help="fraction of patches kept (default 0.1)")
     p.add_argument("--seed", type=int, default=0, help="seed of the coreset's random projection")
+    p.add_argument(
+        "--index",
+        default="flat",
+        choices=INDEX_KINDS,
+        help="search index: flat (exact, default) or hnsw (faster on large banks, approximate)",
+    )
     w = p.add_mutually_exclusive_group()
     w.add_argument("--weights", type=Path, help="local RGB backbone weights (.safetensors or .pt state dict)")
     w.add_argument(
@@ -123,6 +130,7 @@ def _build_bank(args: argparse.Namespace) -> int:
         method=args.method,
         options=_rgb_options(args.method, args.backbone, args.layers),
         coreset=_coreset(args.coreset_ratio, args.seed),
+        index_kind=args.index,
         weights=WeightsRequest(path=weights, random_seed=args.random_weights),
         device=default_device(args.device or s.device),
         batch_size=args.batch_size,

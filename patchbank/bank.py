@@ -95,7 +95,7 @@ class Manifest(BaseModel):
     method: str = Field(description="feature method: fpfh, rgb or rgb+fpfh")
     features: FeatureSpec
     weights: WeightsIdentity
-    index_kind: str = "flat"
+    index_kind: str = Field("flat", description="search index: flat (exact) or hnsw (approximate)")
     coreset: CoresetInfo
     training: TrainingInfo
     score_stats: ScoreStats

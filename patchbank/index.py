@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from patchbank.errors import BankError, InputError
 
@@ -84,6 +83,8 @@ class PatchIndex:
         self.ids = np.ascontiguousarray(ids, dtype=np.int64)
         self.device = device
         if self.backend == "torch":
+            import torch
+
             if kind != "flat":
                 log.info("the torch backend searches exactly: index kind %s is served as flat", kind)
             self._torch = torch.from_numpy(self.vectors).to(device)
@@ -142,6 +143,8 @@ class PatchIndex:
         return rows
 
     def _search_torch(self, q: np.ndarray, k: int, exclude_rows: np.ndarray | None) -> np.ndarray:
+        import torch
+
         out = []
         with torch.inference_mode():
             for start in range(0, len(q), _TORCH_CHUNK):
