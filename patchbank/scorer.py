@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -123,10 +124,26 @@ def image_scores(index: PatchIndex, patches: np.ndarray, rows: np.ndarray, dists
     return (w * s_star).astype(np.float32)
 
 
+@functools.cache
+def map_operator(grid: int = GRID, size: int = IMAGE_SIZE, sigma: float = BLUR_SIGMA) -> np.ndarray:
+    """(size, grid) float64 A with blur(upsample(G)) = A G A^T for any (grid, grid) G.
+
+    Both steps are separable and linear, so the map is two small matrix products instead of an upsample and
+    a 33-tap convolution over 224 x 224 (about 100x faster on a CPU). Column j of A is the first column of
+    blur(upsample(E_j)), E_j ones on row j: the rows of A sum to 1 (both steps keep constants).
+    """
+    basis = np.zeros((grid, grid, grid))
+    basis[np.arange(grid), np.arange(grid), :] = 1.0
+    t = torch.from_numpy(basis)[:, None]
+    up = torch.nn.functional.interpolate(t, size=(size, size), mode="bilinear", align_corners=False)[:, 0]
+    return blur(up.float(), sigma).double().numpy()[:, :, 0].T.copy()
+
+
 def anomaly_maps(dists: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(B, 784) patch scores -> (B, 28, 28) float32 grid and (B, 224, 224) float32 blurred maps."""
-    grid = dists.reshape(len(dists), GRID, GRID).astype(np.float32)
-    return grid, blur(upsample(grid)).numpy()
+    grid = dists.reshape(len(dists), GRID, GRID)
+    a = map_operator()
+    return grid.astype(np.float32), (a @ grid @ a.T).astype(np.float32)
 
 
 def score_patches(
