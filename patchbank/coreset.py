@@ -2,14 +2,19 @@
 
 ``greedy``: greedy k-center (PatchCore, BTF, anomalib) from index 0 on a sparse random projection
 (Johnson-Lindenstrauss dimension for eps 0.9, as sklearn's SparseRandomProjection; the raw features when
-that would not reduce the dimension, e.g. FPFH's 33-d). Float32 on CPU or CUDA; memory stays O(N * k):
-one running min-distance vector, never an N x N matrix. ``identity`` keeps every patch.
+that would not reduce the dimension, e.g. FPFH's 33-d). Float32 features on CPU or CUDA; memory stays
+O(N * k), never an N x N matrix. On CUDA (and on a CPU without numba) a torch loop streams every row each
+step; on the CPU a numba kernel prunes with the triangle inequality and touches a small fraction of them
+(about 0.6% of the row-to-centre distances on 78,400 RGB+FPFH patches: some 30-50x faster there).
+``identity`` keeps every patch.
 """
 
 from __future__ import annotations
 
+import functools
 from abc import ABC, abstractmethod
-from typing import Any, ClassVar
+from collections.abc import Callable
+from typing import Any, ClassVar, NamedTuple
 
 import numpy as np
 import torch
@@ -66,6 +71,10 @@ def projection_matrix(n_samples: int, dim: int, eps: float, seed: int) -> np.nda
 class GreedySampler(Sampler):
     name = "greedy"
 
+    def __init__(self, spec: CoresetSpec, device: str = "cpu", progress: bool = True) -> None:
+        super().__init__(spec, device=device, progress=progress)
+        self.evaluated_fraction: float | None = None  # numba path: share of row-to-centre distances computed
+
     def run(self, features: np.ndarray) -> np.ndarray:
         n = len(features)
         m = max(1, int(self.spec.ratio * n))
@@ -74,6 +83,9 @@ class GreedySampler(Sampler):
         if proj is not None:
             z = z @ torch.from_numpy(proj).to(self.device).T
         self.projected_dim = int(z.shape[1])
+        if z.device.type == "cpu" and _numba_kernel() is not None:
+            chosen, self.evaluated_fraction = greedy_k_center_cpu(z.numpy(), m, progress=self.progress)
+            return chosen
         return greedy_k_center(z, m, progress=self.progress)
 
 
@@ -81,6 +93,8 @@ def greedy_k_center(z: torch.Tensor, m: int, progress: bool = True) -> np.ndarra
     """Greedy k-center on (N, k) rows: start at row 0, repeatedly add the row farthest from the chosen set.
 
     Squared distances via ||a||^2 - 2 a.b + ||b||^2 (one matrix-vector product per step, no N x k temporary).
+    The CUDA path. Its float32 cancellation (errors ~1e-7 of ||a||^2) can swap two candidates whose
+    distances are within ~1e-5 of each other, where :func:`greedy_k_center_cpu` follows exact distances.
     """
     sq = (z * z).sum(dim=1)
     chosen = torch.empty(m, dtype=torch.int64, device=z.device)
@@ -94,6 +108,175 @@ def greedy_k_center(z: torch.Tensor, m: int, progress: bool = True) -> np.ndarra
         torch.minimum(min_d, d, out=min_d)
         min_d[idx] = 0
     return chosen.cpu().numpy()
+
+
+def greedy_k_center_cpu(
+    z: np.ndarray, m: int, progress: bool = True, steps_per_call: int = 256
+) -> tuple[np.ndarray, float]:
+    """Greedy k-center as :func:`greedy_k_center`, on the CPU with numba.
+
+    Returns the (M,) indices and the fraction of the N x M row-to-centre distances it evaluated. Distances
+    are sums of squared float32 differences in float64, so the picks are those of exact arithmetic; ties go
+    to the lowest row index, as ``torch.argmax``. The kernel runs ``steps_per_call`` steps per call, the
+    state carried in :class:`_KCenterState`, so that the progress bar moves.
+    """
+    kernel = _numba_kernel()
+    if kernel is None:
+        raise RuntimeError("greedy_k_center_cpu needs numba")
+    z = np.ascontiguousarray(z, dtype=np.float32)
+    state = _KCenterState.initial(len(z), z.shape[1], m)
+    with tqdm(total=m, desc="coreset", unit="pt", disable=not progress, mininterval=0.5) as bar:
+        for start in range(0, m, steps_per_call):
+            stop = min(m, start + steps_per_call)
+            kernel(z, state, start, stop)
+            bar.update(stop - start)
+    return state.chosen, float(state.evaluated.sum()) / (len(z) * m)
+
+
+class _KCenterState(NamedTuple):
+    """The numba kernel's state between calls: rows grouped into clusters by their nearest centre.
+
+    A new centre c can take rows only from a cluster whose centre b has dist(c, b) < 2 * (distance of its
+    farthest member): otherwise dist(x, c) >= dist(c, b) - dist(x, b) >= dist(x, b) for every member x
+    (triangle inequality). Within a cluster that is checked, a row x is skipped when dist(c, b) >= 2 dist(x, b).
+    Every centre is at least dist(c, nearest centre) from c, so clusters whose farthest member lies within half
+    of that need no centre-to-centre distance at all. The argmax runs over the clusters' farthest rows.
+    Cluster 0 holds the rows no centre has claimed yet (at infinite distance); centre i is cluster i + 1.
+    """
+
+    chosen: np.ndarray  # (M,) int64: the selection; step i sets chosen[i + 1]
+    centres: np.ndarray  # (M + 1, D) float32: each cluster's centre
+    min_d: np.ndarray  # (N,) float64: each row's squared distance to its nearest centre
+    pool: np.ndarray  # (3N,) int32: each cluster's rows in one segment; rows that move are appended
+    segments: np.ndarray  # (M + 2, 2) int64: (start, length) in the pool per cluster; last: (pool end, 0)
+    farthest: np.ndarray  # (M + 1,) float64: the largest min_d in each cluster (-1 once empty) ...
+    farthest_row: np.ndarray  # (M + 1,) int64: ... at this row (the lowest index on ties)
+    moved: np.ndarray  # (M + 1,) int64: rows each cluster gives to the new centre in the current step
+    evaluated: np.ndarray  # (M + 1,) int64: row-to-centre distances computed per cluster
+
+    @classmethod
+    def initial(cls, n: int, dim: int, m: int) -> _KCenterState:
+        pool = np.empty(3 * n, np.int32)
+        pool[:n] = np.arange(n, dtype=np.int32)
+        segments = np.zeros((m + 2, 2), np.int64)
+        segments[0] = (0, n)
+        segments[m + 1] = (n, 0)
+        farthest = np.full(m + 1, -1.0)
+        farthest[0] = np.inf
+        return cls(
+            chosen=np.zeros(m, np.int64),
+            centres=np.zeros((m + 1, dim), np.float32),
+            min_d=np.full(n, np.inf),
+            pool=pool,
+            segments=segments,
+            farthest=farthest,
+            farthest_row=np.zeros(m + 1, np.int64),
+            moved=np.zeros(m + 1, np.int64),
+            evaluated=np.zeros(m + 1, np.int64),
+        )
+
+
+@functools.cache
+def _numba_kernel() -> Callable[[np.ndarray, _KCenterState, int, int], None] | None:
+    """The jitted greedy k-center steps (compiled on first use, cached on disk), or None without numba.
+
+    numba is imported here, not with the module: the GPU image has only torch and numpy, and scoring, which
+    imports this module for :class:`CoresetSpec`, never needs it.
+    """
+    try:
+        import numba
+    except ImportError:
+        return None
+
+    @numba.njit(parallel=True, cache=True, nogil=True, fastmath={"reassoc", "contract"})
+    def steps(z, s, start, stop):  # type: ignore[no-untyped-def]
+        """Greedy steps start..stop - 1 on the state s (a _KCenterState); see there for the pruning rules."""
+        chosen, centres, min_d, pool, segments, farthest, farthest_row, moved, evaluated = (
+            s  # parfors need locals
+        )
+        n, dim = z.shape
+        m = chosen.shape[0]
+        end = m + 1
+        # centre-to-centre distances are float32 sums: shrink them by their worst rounding before pruning
+        shrink = 1.0 - (dim + 8) * 2.0**-23
+        for i in range(start, stop):
+            c = chosen[i]
+            new = i + 1
+            centres[new] = z[c]
+            if segments[end, 0] + n > pool.shape[0]:  # compact the pool: moved rows left holes behind
+                spare = np.empty(n, np.int32)
+                p = 0
+                for j in range(new):
+                    lo, ln = segments[j, 0], segments[j, 1]
+                    spare[p : p + ln] = pool[lo : lo + ln]
+                    segments[j, 0] = p
+                    p += ln
+                pool[:n] = spare
+                segments[end, 0] = n
+            near = min_d[c] * shrink if i > 0 else -1.0  # no centre is closer to c (squared)
+            for j in numba.prange(new):
+                lo, ln = segments[j, 0], segments[j, 1]
+                bound = 4.0 * farthest[j]
+                if ln == 0 or bound <= near:
+                    continue
+                cc = -1.0  # squared centre-to-centre distance (cluster 0: none, check every row)
+                if j > 0:
+                    acc = np.float32(0.0)
+                    for k in range(dim):
+                        t = centres[j, k] - centres[new, k]
+                        acc += t * t
+                    cc = np.float64(acc) * shrink
+                    if cc >= bound:
+                        continue
+                # rows that move to the new centre are swapped to the end of the segment
+                p, e, best, best_row, count = lo, lo + ln, -1.0, n, 0
+                while p < e:
+                    x = pool[p]
+                    d_old = min_d[x]
+                    if cc < 4.0 * d_old:
+                        d = 0.0
+                        for k in range(dim):
+                            t = np.float64(z[x, k]) - np.float64(centres[new, k])
+                            d += t * t
+                        count += 1
+                        if d < d_old:
+                            min_d[x] = d
+                            e -= 1
+                            pool[p] = pool[e]
+                            pool[e] = x
+                            continue
+                    if d_old > best or (d_old == best and x < best_row):
+                        best, best_row = d_old, x
+                    p += 1
+                segments[j, 1] = e - lo
+                moved[j] = lo + ln - e
+                farthest[j], farthest_row[j] = best, best_row
+                evaluated[j] += count
+            # append the moved rows as the new cluster; the next centre is the farthest of all clusters' farthest
+            p = segments[end, 0]
+            segments[new, 0] = p
+            best, best_row, top, top_row = -1.0, n, -1.0, n
+            for j in range(new):
+                lo = segments[j, 0] + segments[j, 1]
+                for q in range(lo, lo + moved[j]):
+                    x = pool[q]
+                    pool[p] = x
+                    p += 1
+                    if min_d[x] > best or (min_d[x] == best and x < best_row):
+                        best, best_row = min_d[x], x
+                moved[j] = 0
+                f, r = farthest[j], farthest_row[j]
+                if segments[j, 1] > 0 and (f > top or (f == top and r < top_row)):
+                    top, top_row = f, r
+            segments[new, 1] = p - segments[new, 0]
+            segments[end, 0] = p
+            farthest[new], farthest_row[new] = best, best_row
+            if best > top or (best == top and best_row < top_row):
+                top_row = best_row
+            if new < m:
+                chosen[new] = top_row
+
+    return steps  # type: ignore[no-any-return]
 
 
 SAMPLERS: dict[str, type[Sampler]] = {cls.name: cls for cls in (GreedySampler, IdentitySampler)}

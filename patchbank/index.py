@@ -52,6 +52,13 @@ def gpu_available() -> bool:
     return hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
 
 
+def default_backend(device: str) -> str:
+    """FAISS on the CPU, and on a GPU when faiss-gpu is installed; torch otherwise (exact, on the device)."""
+    if not faiss_available():
+        return "torch"
+    return "faiss" if device == "cpu" or gpu_available() else "torch"
+
+
 def check_kind(kind: str) -> str:
     if kind not in INDEX_KINDS:
         raise InputError(f"unknown index kind {kind!r}; known: {', '.join(INDEX_KINDS)}")
@@ -61,7 +68,7 @@ def check_kind(kind: str) -> str:
 class PatchIndex:
     """Search over (M, D) float32 vectors, each tagged with an int64 origin id.
 
-    ``backend`` None picks FAISS when it is installed, else torch. ``device`` cuda moves the search to the GPU
+    ``backend`` None picks :func:`default_backend`. ``device`` cuda moves the search to the GPU
     (faiss-gpu's flat index, or torch on CUDA); HNSW searches on the CPU. ``idmap`` is an already built FAISS
     IndexIDMap2 over ``vectors`` (when loading); otherwise it is built here.
     """
@@ -76,7 +83,7 @@ class PatchIndex:
         idmap: Any = None,
     ) -> None:
         self.kind = check_kind(kind)
-        self.backend = backend or ("faiss" if faiss_available() else "torch")
+        self.backend = backend or default_backend(device)
         if self.backend not in BACKENDS:
             raise InputError(f"unknown search backend {self.backend!r}; known: {', '.join(BACKENDS)}")
         self.vectors = np.ascontiguousarray(vectors, dtype=np.float32)
