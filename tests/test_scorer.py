@@ -1,4 +1,4 @@
-"""The scorer against an independent brute-force torch.cdist implementation and a hand-worked case."""
+"""The scorer against BTF's brute-force torch.cdist recipe (bank_builder.reference) and a hand-worked case."""
 
 from __future__ import annotations
 
@@ -9,23 +9,15 @@ import pytest
 import torch
 from scipy.ndimage import gaussian_filter
 
+from bank_builder.reference import btf_image_score, btf_search
 from patchbank.index import PatchIndex
 from patchbank.scorer import blur, score_patches, upsample
 
 
 def brute_force(bank: torch.Tensor, patches: torch.Tensor) -> tuple[float, torch.Tensor]:
-    """BTF's compute_s_s_map written out with torch.cdist (float64): (image score, 28 x 28 patch scores)."""
-    dist = torch.cdist(patches, bank)
-    min_val, min_idx = dist.min(dim=1)
-    s_idx = int(torch.argmax(min_val))
-    s_star = min_val[s_idx]
-    m_test = patches[s_idx : s_idx + 1]
-    m_star = bank[min_idx[s_idx]][None]
-    _, nn_idx = torch.topk(torch.cdist(m_star, bank), k=3, largest=False)
-    knn = torch.linalg.norm(m_test - bank[nn_idx[0, 1:]], dim=1)
-    d = math.sqrt(patches.shape[1])
-    w = 1 - torch.exp(s_star / d) / torch.exp(knn / d).sum()
-    return float(w * s_star), min_val.view(28, 28)
+    """BTF's compute_s_s_map with torch.cdist (the bench's reference path): (image score, 28 x 28 grid)."""
+    min_val, min_idx = btf_search(bank, patches)
+    return btf_image_score(bank, patches, min_val, min_idx), min_val.view(28, 28)
 
 
 @pytest.mark.parametrize("dim", [33, 1569])
