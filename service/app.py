@@ -2,7 +2,8 @@
 
 Errors are typed exceptions (the :class:`PatchbankError` family) mapped to status codes in one place.
 Scoring runs in worker threads (never on the event loop), at most ``concurrency`` at once with at most
-``queue_size`` waiting; beyond that the answer is 503 with ``Retry-After``.
+``queue_size`` samples waiting; beyond that the answer is 503 with ``Retry-After``. Concurrent single-sample
+requests for one bank are batched (``max_batch``, see :mod:`service.batching`).
 """
 
 from __future__ import annotations
@@ -11,8 +12,8 @@ import asyncio
 import hmac
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from functools import partial
 from typing import Annotated, Any, TypeVar
 
@@ -33,6 +34,7 @@ from patchbank.errors import (
 )
 from patchbank.registry import BankRegistry
 from patchbank.scorer import BankScorer
+from service.batching import Batcher
 from service.fleet import FleetLink, IdempotencyConflict, event_fields, request_digest
 from service.limits import BodyLimit
 from service.models import (
@@ -87,6 +89,9 @@ class State:
         self.registry = registry
         self.metrics = Metrics()
         self.limiter = anyio.CapacityLimiter(settings.concurrency)
+        self.batcher = None
+        if settings.max_batch > 1:
+            self.batcher = Batcher(self.in_thread, settings.max_batch, self.metrics.batch_size.observe)
         self.admitted = 0
         self.ready = False
         self.fleet: FleetLink | None = None
@@ -116,18 +121,35 @@ class State:
             raise NotReady("banks are still loading; retry shortly")
         return self.registry.get(category)
 
-    async def run(self, fn: Callable[..., T], *args: Any) -> T:
-        """Run CPU/GPU work in a worker thread, or refuse at once when the queue is full."""
+    @contextmanager
+    def admit(self) -> Iterator[None]:
+        """Count one sample in for as long as it runs or waits; refuse at once when the queue is full."""
         if self.admitted >= self.settings.concurrency + self.settings.queue_size:
             self.metrics.rejected.inc()
             raise Busy(f"scoring queue is full ({self.admitted} samples admitted); retry shortly")
         self.admitted += 1
         self.metrics.queue_depth.set(self.admitted)
         try:
-            return await anyio.to_thread.run_sync(partial(fn, *args), limiter=self.limiter)
+            yield
         finally:
             self.admitted -= 1
             self.metrics.queue_depth.set(self.admitted)
+
+    async def in_thread(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run CPU/GPU work in a worker thread, at most ``concurrency`` at once."""
+        return await anyio.to_thread.run_sync(partial(fn, *args), limiter=self.limiter)
+
+    async def run(self, fn: Callable[..., T], *args: Any) -> T:
+        with self.admit():
+            return await self.in_thread(fn, *args)
+
+    async def score_one(self, scorer: BankScorer, upload: Upload, fmt: MapFormat) -> ScoreResponse:
+        """One sample, batched with concurrent requests for the same bank when ``max_batch`` > 1."""
+        with self.admit():
+            if self.batcher is None:
+                self.metrics.batch_size.observe(1)
+                return (await self.in_thread(score_uploads, scorer, [upload], fmt))[0]
+            return await self.batcher.score(scorer, upload, fmt)
 
 
 def get_state(request: Request) -> State:
@@ -255,7 +277,7 @@ def _install_routes(app: FastAPI) -> None:
             stored = await state.fleet.recall(idempotency_key, digest)
             if stored is not None:
                 return JSONResponse(stored)
-        result = (await state.run(score_uploads, scorer, [upload], fmt))[0]
+        result = await state.score_one(scorer, upload, fmt)
         _observe(state, [result], start)
         if digest is not None and state.fleet is not None:
             await state.fleet.remember(idempotency_key or "", digest, result.model_dump(mode="json"))
@@ -284,6 +306,7 @@ def _install_routes(app: FastAPI) -> None:
             Upload(await r.read(), await x.read(), x.filename, i)
             for r, x, i in zip(rgb, xyz, ids, strict=True)
         ]
+        state.metrics.batch_size.observe(len(uploads))
         results = await state.run(score_uploads, scorer, uploads, map or state.settings.default_map)
         _observe(state, results, start)
         return BatchResponse(results=results)

@@ -59,6 +59,12 @@ class Metrics:
         self.rejected = Counter(
             "patchbank_rejected_total", "requests refused because the queue was full", registry=self.registry
         )
+        self.batch_size = Histogram(
+            "patchbank_batch_size",
+            "samples per scoring pass (dynamic batching of /score, and /score/batch)",
+            buckets=(1, 2, 4, 8, 16, 32, 64),
+            registry=self.registry,
+        )
 
 
 class JsonFormatter(logging.Formatter):

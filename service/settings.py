@@ -24,6 +24,9 @@ class ServiceSettings(BaseSettings):
     )
     concurrency: int = Field(1, ge=1, description="samples scored at the same time (worker threads)")
     queue_size: int = Field(8, ge=0, description="requests allowed to wait; beyond that 503 + Retry-After")
+    max_batch: int = Field(
+        8, ge=1, description="concurrent /score requests of one bank scored in one batch (1: no batching)"
+    )
     default_map: Literal["none", "png", "array"] = Field("png", description="anomaly map format by default")
     log_json: bool = Field(True, description="structured JSON-lines logs")
     redis_url: str | None = Field(
