@@ -61,6 +61,11 @@ def build_bank_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--backbone", help="timm backbone of rgb methods (default wide_resnet50_2)")
     p.add_argument("--layers", help="comma-separated backbone feature levels (default 2,3)")
+    p.add_argument(
+        "--fpfh-neighbours",
+        choices=["grid", "kdtree"],
+        help="FPFH neighbours: grid (pixel window, fast; default) or kdtree (Open3D, BTF as published)",
+    )
     p.add_argument("--coreset-ratio", type=float, default=0.1, help="fraction of patches kept (default 0.1)")
     p.add_argument("--seed", type=int, default=0, help="seed of the coreset's random projection")
     p.add_argument(
@@ -128,7 +133,7 @@ def _build_bank(args: argparse.Namespace) -> int:
         data_root=require(args.data_root or s.data_root, "data root", "--data-root", "PATCHBANK_DATA_ROOT"),
         banks=require(args.banks or s.banks, "banks directory", "--banks", "PATCHBANK_BANKS"),
         method=args.method,
-        options=_rgb_options(args.method, args.backbone, args.layers),
+        options=_options(args.method, args.backbone, args.layers, args.fpfh_neighbours),
         coreset=_coreset(args.coreset_ratio, args.seed),
         index_kind=args.index,
         weights=WeightsRequest(path=weights, random_seed=args.random_weights),
@@ -190,8 +195,11 @@ def _publish_bank(args: argparse.Namespace) -> int:
     return 0
 
 
-def _rgb_options(method: str, backbone: str | None, layers: str | None) -> dict[str, object]:
-    """Options of the rgb part of ``method`` from --backbone / --layers (refused for fpfh)."""
+def _options(
+    method: str, backbone: str | None, layers: str | None, neighbours: str | None
+) -> dict[str, object]:
+    """Extractor options of ``method`` from --backbone / --layers / --fpfh-neighbours (refused where they
+    do not apply)."""
     rgb: dict[str, object] = {}
     if backbone:
         rgb["backbone"] = backbone
@@ -202,7 +210,12 @@ def _rgb_options(method: str, backbone: str | None, layers: str | None) -> dict[
             raise InputError(f"--layers must be comma-separated integers, got {layers!r}") from exc
     if rgb and "rgb" not in method:
         raise InputError(f"--backbone/--layers apply to rgb methods, not {method}")
-    return {"rgb": rgb} if method == "rgb+fpfh" and rgb else rgb
+    fpfh: dict[str, object] = {"neighbours": neighbours} if neighbours else {}
+    if fpfh and "fpfh" not in method:
+        raise InputError(f"--fpfh-neighbours applies to fpfh methods, not {method}")
+    if method == "rgb+fpfh":
+        return {k: v for k, v in (("rgb", rgb), ("fpfh", fpfh)) if v}
+    return rgb or fpfh
 
 
 def _coreset(ratio: float, seed: int) -> CoresetSpec:

@@ -10,6 +10,7 @@ import pytest
 
 from bank_builder.build import BuildResult
 from bank_builder.cli import build_bank_main, evaluate_main, make_demo_data_main
+from patchbank.scorer import load_scorer
 from tests.conftest import CATEGORY
 
 
@@ -53,6 +54,7 @@ def test_user_errors_exit_2_with_one_line(
         (base[:4], "no banks directory given"),
         ([*base, "--coreset-ratio", "2"], "--coreset-ratio must be in (0, 1]"),
         ([*base, "--method", "fpfh", "--backbone", "resnet18"], "--backbone/--layers apply to rgb methods"),
+        ([*base, "--method", "rgb", "--fpfh-neighbours", "kdtree"], "--fpfh-neighbours applies to fpfh"),
         ([*base, "--method", "rgb", "--weights", str(tmp_path / "nope.pt")], "weights file not found"),
     ]
     for argv, message in cases:
@@ -79,6 +81,17 @@ def test_headline_command_with_configured_locations(
     monkeypatch.setenv("PATCHBANK_BANKS", str(tmp_path / "env-banks"))  # the environment beats the file
     assert build_bank_main(["--category", CATEGORY, "--method", "fpfh", "--no-evaluate", "--quiet"]) == 0
     assert (tmp_path / "env-banks" / CATEGORY / "v0001").is_dir()
+
+
+def test_build_options_reach_the_manifest(demo_root: Path, tmp_path: Path) -> None:
+    """--fpfh-neighbours kdtree (BTF's Open3D recipe) and --index hnsw are recorded and used when loading."""
+    banks = tmp_path / "banks"
+    argv = ["--category", CATEGORY, "--data-root", str(demo_root), "--banks", str(banks), "--method", "fpfh"]
+    assert build_bank_main([*argv, "--fpfh-neighbours", "kdtree", "--index", "hnsw", "--quiet"]) == 0
+    manifest = json.loads((banks / CATEGORY / "v0001" / "manifest.json").read_text())
+    assert manifest["features"]["options"]["neighbours"] == "kdtree" and manifest["index_kind"] == "hnsw"
+    scorer = load_scorer(banks, CATEGORY)
+    assert scorer.extractor.backend == "open3d" and scorer.bank.index.kind == "hnsw"
 
 
 @pytest.mark.slow
