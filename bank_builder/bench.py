@@ -39,7 +39,7 @@ from patchbank.decode import check_pair, decode_rgb, decode_xyz
 from patchbank.extract import load_prepared
 from patchbank.features import create_extractor
 from patchbank.features.base import FeatureExtractor
-from patchbank.index import INDEX_KINDS, PatchIndex
+from patchbank.index import INDEX_KINDS, PatchIndex, default_kind
 from patchbank.metrics import au_pro, image_auroc, pixel_auroc
 from patchbank.preprocess import Prepared, prepare, resize_mask
 from patchbank.scorer import anomaly_maps, image_scores, nearest, resize_map
@@ -57,7 +57,7 @@ class BenchConfig:
     category: str = "puck"
     methods: Sequence[str] = ("fpfh", "rgb+fpfh")
     n_train: int = 100
-    n_test: int = 5
+    n_test: int = 10
     size: int = 800
     weights: WeightsRequest = field(default_factory=WeightsRequest)
     device: str = "cpu"
@@ -67,6 +67,7 @@ class BenchConfig:
     coreset: CoresetSpec = field(default_factory=CoresetSpec)
     reference: bool = True
     memory_categories: int = 10
+    precision: str | None = None  # backbone arithmetic of the fast path's rgb methods (None: the default)
     progress: bool = True
 
 
@@ -87,6 +88,8 @@ class IndexFigures(BaseModel):
 
 class MethodReport(BaseModel):
     method: str
+    options: dict[str, Any] = Field(description="the fast path's extractor options (defaults filled in)")
+    index_kind: str = Field(description="the fast path's index kind")
     bank_size: int
     dim: int
     fast: PathFigures
@@ -235,7 +238,7 @@ def fast_build(
             sampler = create_sampler(cfg.coreset, device=cfg.device, progress=cfg.progress)
             rows = sampler.run(flat)
         with timed(t, "index write"):
-            index = PatchIndex(flat[rows], rows, "flat", cfg.device)
+            index = PatchIndex(flat[rows], rows, default_kind(flat.shape[1]), cfg.device)
             index.save(out_dir / "fast.faiss")
     return FastBank(index, feats, sampler.projected_dim, t, peak.peak)
 
@@ -442,6 +445,13 @@ def write_bench_bank(
 # -- one method, the whole run -----------------------------------------------------------------------------
 
 
+def method_options(method: str, precision: str | None) -> dict[str, Any]:
+    """The fast path's extractor options: the defaults, with ``precision`` for the rgb part if given."""
+    if not precision or "rgb" not in method:
+        return {}
+    return {"rgb": {"precision": precision}} if "+" in method else {"precision": precision}
+
+
 def bank_name(cfg: BenchConfig, method: str) -> str:
     return f"{cfg.category}-{method.replace('+', '-')}"
 
@@ -450,7 +460,7 @@ def bench_method(
     method: str, data: Path, work: Path, tests: list[TestSample], cfg: BenchConfig
 ) -> MethodReport:
     train = list_samples(data, cfg.category, "train", kinds=[GOOD])
-    options: dict[str, Any] = {}
+    options = method_options(method, cfg.precision)
     extractor = create_extractor(method, options, cfg.weights, cfg.device)
     extractor.extract([load_prepared(train[0], extractor.image_size)])  # warm-up: JIT, allocator, caches
     built = fast_build(extractor, train, cfg, work)
@@ -470,7 +480,8 @@ def bench_method(
     service_ms = service_latency(banks, category, tests, cfg.device, weights_file)
 
     feats = np.concatenate([extractor.extract([_decode(s, extractor.image_size)[0]]) for s in tests])
-    exact_rows = np.stack([nearest(built.index, f[None])[0][0] for f in feats])
+    exact = PatchIndex(built.index.vectors, built.index.ids, "flat", cfg.device)
+    exact_rows = np.stack([nearest(exact, f[None])[0][0] for f in feats])
     indexes = index_figures(built.index, feats, tests, exact_rows, cfg)
     rates = {bs: throughput(extractor, built.index, tests, bs) for bs in cfg.batch_sizes}
 
@@ -490,6 +501,8 @@ def bench_method(
         diff = float(np.abs(scores - r_scores).max())
     return MethodReport(
         method=method,
+        options=extractor.spec.options,
+        index_kind=built.index.kind,
         bank_size=len(built.index),
         dim=built.index.dim,
         fast=fast,
@@ -565,7 +578,7 @@ def _ratio(fast: float, ref: float | None) -> str:
 
 def format_method(r: MethodReport) -> str:
     ref = r.reference
-    out = [f"## {r.method}: bank {r.bank_size} x {r.dim}", "", "build (seconds)", ""]
+    out = [f"## {r.method}: bank {r.bank_size} x {r.dim} ({r.index_kind})", "", "build (seconds)", ""]
     rows: list[tuple[object, ...]] = [("stage", "fast", "reference", "fast / reference")]
     for st in (*BUILD_STAGES, "total"):
         f = sum(r.fast.build_s.values()) if st == "total" else r.fast.build_s.get(st, 0.0)

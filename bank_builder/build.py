@@ -19,7 +19,7 @@ from patchbank.data import digest, has_split, list_samples
 from patchbank.errors import DataError
 from patchbank.extract import extract_all
 from patchbank.features import GRID, create_extractor
-from patchbank.index import PatchIndex
+from patchbank.index import PatchIndex, default_kind
 from patchbank.scorer import BankScorer
 from patchbank.weights import WeightsRequest
 
@@ -36,7 +36,7 @@ class BuildRequest:
     method: str = DEFAULT_METHOD
     options: dict[str, Any] = field(default_factory=dict)
     coreset: CoresetSpec = field(default_factory=CoresetSpec)
-    index_kind: str = "flat"
+    index_kind: str | None = None  # None: patchbank.index.default_kind of the feature dimension
     weights: WeightsRequest = field(default_factory=WeightsRequest)
     device: str = "cpu"
     batch_size: int = 8
@@ -79,7 +79,8 @@ def build_bank(req: BuildRequest) -> BuildResult:
     with timed(timings, "coreset"):
         sampler = create_sampler(req.coreset, device=req.device, progress=req.progress)
         rows = sampler.run(flat)
-        index = PatchIndex(flat[rows], rows, req.index_kind, req.device)
+        kind = req.index_kind or default_kind(flat.shape[1])
+        index = PatchIndex(flat[rows], rows, kind, req.device)
     log.info("coreset: %d of %d patches (%s)", len(rows), len(flat), req.coreset.sampler)
 
     with timed(timings, "held-out"):
@@ -95,7 +96,7 @@ def build_bank(req: BuildRequest) -> BuildResult:
         method=extractor.spec.method,
         features=extractor.spec,
         weights=extractor.weights,
-        index_kind=req.index_kind,
+        index_kind=kind,
         coreset=bankfmt.CoresetInfo(
             spec=req.coreset, n_patches=len(flat), size=len(rows), projected_dim=sampler.projected_dim
         ),

@@ -70,9 +70,11 @@ def build_bank_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed of the coreset's random projection")
     p.add_argument(
         "--index",
-        default="flat",
         choices=INDEX_KINDS,
-        help="search index: flat (exact, default) or hnsw (faster on large banks, approximate)",
+        help="search index: flat (exact) or hnsw (approximate, faster); default hnsw from 256-d up, else flat",
+    )
+    p.add_argument(
+        "--precision", choices=["fp32", "bf16"], help="backbone arithmetic of rgb methods (default fp32)"
     )
     w = p.add_mutually_exclusive_group()
     w.add_argument("--weights", type=Path, help="local RGB backbone weights (.safetensors or .pt state dict)")
@@ -133,7 +135,7 @@ def _build_bank(args: argparse.Namespace) -> int:
         data_root=require(args.data_root or s.data_root, "data root", "--data-root", "PATCHBANK_DATA_ROOT"),
         banks=require(args.banks or s.banks, "banks directory", "--banks", "PATCHBANK_BANKS"),
         method=args.method,
-        options=_options(args.method, args.backbone, args.layers, args.fpfh_neighbours),
+        options=_options(args.method, args.backbone, args.layers, args.fpfh_neighbours, args.precision),
         coreset=_coreset(args.coreset_ratio, args.seed),
         index_kind=args.index,
         weights=WeightsRequest(path=weights, random_seed=args.random_weights),
@@ -196,20 +198,26 @@ def _publish_bank(args: argparse.Namespace) -> int:
 
 
 def _options(
-    method: str, backbone: str | None, layers: str | None, neighbours: str | None
+    method: str,
+    backbone: str | None,
+    layers: str | None,
+    neighbours: str | None = None,
+    precision: str | None = None,
 ) -> dict[str, object]:
-    """Extractor options of ``method`` from --backbone / --layers / --fpfh-neighbours (refused where they
-    do not apply)."""
+    """Extractor options of ``method`` from --backbone / --layers / --precision / --fpfh-neighbours (refused
+    where they do not apply)."""
     rgb: dict[str, object] = {}
     if backbone:
         rgb["backbone"] = backbone
+    if precision:
+        rgb["precision"] = precision
     if layers:
         try:
             rgb["layers"] = [int(v) for v in layers.split(",")]
         except ValueError as exc:
             raise InputError(f"--layers must be comma-separated integers, got {layers!r}") from exc
     if rgb and "rgb" not in method:
-        raise InputError(f"--backbone/--layers apply to rgb methods, not {method}")
+        raise InputError(f"--backbone/--layers/--precision apply to rgb methods, not {method}")
     fpfh: dict[str, object] = {"neighbours": neighbours} if neighbours else {}
     if fpfh and "fpfh" not in method:
         raise InputError(f"--fpfh-neighbours applies to fpfh methods, not {method}")
@@ -243,12 +251,13 @@ def bench_parser() -> argparse.ArgumentParser:
         "--methods", default="fpfh,rgb+fpfh", help="comma-separated methods (default fpfh,rgb+fpfh)"
     )
     p.add_argument("--train", type=int, default=100, help="training samples (default 100)")
-    p.add_argument("--test", type=int, default=5, help="test samples per kind (default 5: 30 in all)")
+    p.add_argument("--test", type=int, default=10, help="test samples per kind (default 10: 60 in all)")
     p.add_argument("--size", type=int, default=800, help="demo image side, pixels (default 800)")
     p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     w = p.add_mutually_exclusive_group()
     w.add_argument("--weights", type=Path, help="local RGB backbone weights (.safetensors or .pt state dict)")
     w.add_argument("--random-weights", nargs="?", const=0, type=int, metavar="SEED", help="random backbone")
+    p.add_argument("--precision", choices=["fp32", "bf16"], help="backbone arithmetic of the fast path")
     p.add_argument("--batch-size", type=int, default=8, help="build batch size (default 8)")
     p.add_argument("--batch-sizes", default="1,8", help="batch sizes of the throughput table (default 1,8)")
     p.add_argument("--index-kinds", default="flat,hnsw", help="index kinds compared (default flat,hnsw)")
@@ -288,6 +297,7 @@ def _bench(args: argparse.Namespace) -> int:
         index_kinds=[check_kind(k) for k in _split(args.index_kinds, "--index-kinds")],
         reference=not args.no_reference,
         memory_categories=args.memory_categories,
+        precision=args.precision,
         progress=not args.quiet,
     )
     report = run_bench(cfg)

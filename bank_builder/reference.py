@@ -27,8 +27,8 @@ def reference_options(method: str, options: dict[str, Any]) -> dict[str, Any]:
     opts = {k: dict(v) if isinstance(v, dict) else v for k, v in options.items()}
     if method == "fpfh":
         opts["neighbours"] = "kdtree"
-    elif "fpfh" in opts:
-        opts["fpfh"]["neighbours"] = "kdtree"
+    elif "fpfh" in method:
+        opts.setdefault("fpfh", {})["neighbours"] = "kdtree"
     return opts
 
 

@@ -38,13 +38,26 @@ def find_regions(amap: np.ndarray, threshold: float) -> list[Region]:
     return sorted(regions, key=lambda r: -r.peak_score)
 
 
-def heatmap_png(amap: np.ndarray, threshold: float) -> bytes:
-    """(H, W) map -> RGB PNG bytes; the pixel threshold sits at mid-scale, twice it saturates."""
-    t = np.clip(amap / (2.0 * threshold), 0.0, 1.0) if threshold > 0 else np.zeros_like(amap)
-    pos = t * (len(_RAMP) - 1)
+def _palette() -> np.ndarray:
+    """(256, 3) uint8: the ramp interpolated linearly at 256 levels."""
+    pos = np.linspace(0.0, len(_RAMP) - 1, 256)
     lo = np.minimum(pos.astype(int), len(_RAMP) - 2)
-    frac = (pos - lo)[..., None]
-    rgb = _RAMP[lo] * (1 - frac) + _RAMP[lo + 1] * frac
+    frac = (pos - lo)[:, None]
+    return (_RAMP[lo] * (1 - frac) + _RAMP[lo + 1] * frac).round().astype(np.uint8)
+
+
+_PALETTE = _palette()
+
+
+def heatmap_png(amap: np.ndarray, threshold: float) -> bytes:
+    """(H, W) map -> 8-bit palette PNG bytes; the pixel threshold sits at mid-scale, twice it saturates.
+
+    A palette image at PNG's fastest compression: a few milliseconds for 800 x 800 (the map is smooth, so
+    the file stays small)."""
+    scale = 255.0 / (2.0 * threshold) if threshold > 0 else 0.0
+    level = np.clip(amap * scale + 0.5, 0, 255).astype(np.uint8)
+    image = Image.fromarray(level)  # "L"; the palette makes it "P"
+    image.putpalette(_PALETTE.tobytes())
     buf = io.BytesIO()
-    Image.fromarray(rgb.round().astype(np.uint8)).save(buf, format="PNG")
+    image.save(buf, format="PNG", compress_level=1)
     return buf.getvalue()

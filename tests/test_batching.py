@@ -31,7 +31,9 @@ class FakeRun:
         self.gate = asyncio.Event()
         self.bad = bad
 
-    async def __call__(self, fn: Callable[..., Any], scorer: object, uploads: list[Upload], fmt: str) -> list[Any]:
+    async def __call__(
+        self, fn: Callable[..., Any], scorer: object, uploads: list[Upload], fmt: str
+    ) -> list[Any]:
         ids = [u.sample_id or "" for u in uploads]
         self.batches.append(ids)
         await self.gate.wait()

@@ -39,7 +39,13 @@ def test_every_stage_is_timed_on_both_paths(report: tuple[BenchReport, str]) -> 
         assert set(SCORE_STAGES) == set(path.score_ms) and path.score_ms["features"] > 0
         assert path.build_peak_mb > 100
     assert m.service_ms > 0 and set(m.throughput) == {1, 3}
-    for heading in ("build (seconds)", "score one sample", "service, end to end", "fast / reference", "recall@1"):
+    for heading in (
+        "build (seconds)",
+        "score one sample",
+        "service, end to end",
+        "fast / reference",
+        "recall@1",
+    ):
         assert heading in text
     assert r.service_rss_mb["categories"] == 2 and r.service_rss_mb["loaded"] > 0
 
@@ -66,6 +72,7 @@ def test_btf_coreset_selects_what_the_greedy_sampler_selects() -> None:
 
 def test_reference_options_use_open3d_kdtree() -> None:
     assert reference_options("fpfh", {})["neighbours"] == "kdtree"
+    assert reference_options("rgb+fpfh", {}) == {"fpfh": {"neighbours": "kdtree"}}
     opts = {"rgb": {"backbone": "resnet18"}, "fpfh": {"window": 5}}
     assert reference_options("rgb+fpfh", opts)["fpfh"] == {"window": 5, "neighbours": "kdtree"}
     assert opts["fpfh"] == {"window": 5}  # the caller's options are left alone

@@ -53,7 +53,10 @@ def test_user_errors_exit_2_with_one_line(
         ([*base[2:], "--category", "tire"], "category 'tire' not found"),
         (base[:4], "no banks directory given"),
         ([*base, "--coreset-ratio", "2"], "--coreset-ratio must be in (0, 1]"),
-        ([*base, "--method", "fpfh", "--backbone", "resnet18"], "--backbone/--layers apply to rgb methods"),
+        (
+            [*base, "--method", "fpfh", "--backbone", "resnet18"],
+            "--backbone/--layers/--precision apply to rgb",
+        ),
         ([*base, "--method", "rgb", "--fpfh-neighbours", "kdtree"], "--fpfh-neighbours applies to fpfh"),
         ([*base, "--method", "rgb", "--weights", str(tmp_path / "nope.pt")], "weights file not found"),
     ]

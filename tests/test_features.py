@@ -101,3 +101,16 @@ def test_rgb_fpfh_is_the_concatenation(demo_root: Path) -> None:
     np.testing.assert_allclose(both[:, :384], rgb.extract([p])[0], rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(both[:, 384:], create_extractor("fpfh").extract([p])[0], rtol=1e-6)
     assert fused.weights == rgb.weights
+
+
+def test_bf16_backbone_is_recorded_and_close_to_fp32(demo_root: Path) -> None:
+    """Random init, explicitly: bf16 autocast changes the arithmetic, not the features' meaning."""
+    ref = list_samples(demo_root, CATEGORY, "train")[0]
+    p = prepare(Image.open(ref.rgb), tifffile.imread(ref.xyz))
+    fp32 = create_extractor("rgb", SMALL_RGB, WeightsRequest(random_seed=2))
+    bf16 = create_extractor("rgb", {**SMALL_RGB, "precision": "bf16"}, WeightsRequest(random_seed=2))
+    assert bf16.spec.options["precision"] == "bf16" and bf16.spec != fp32.spec
+    a, b = fp32.extract([p])[0], bf16.extract([p])[0]
+    assert b.dtype == np.float32 and not np.array_equal(a, b)
+    rel = np.linalg.norm(a - b, axis=1) / np.linalg.norm(a, axis=1)
+    assert np.median(rel) < 0.02

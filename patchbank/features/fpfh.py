@@ -89,16 +89,15 @@ class FPFHExtractor(FeatureExtractor):
     def grid_maps(self, batch: Sequence[Prepared]) -> torch.Tensor:
         """(B, 33, 28, 28) pooled FPFH maps, float64 (as Open3D's descriptors), on the extractor's device."""
         o = self.opts
+        args = (o.normal_radius, o.normal_max_nn, o.feature_radius, o.feature_max_nn, o.window)
         if self.backend == "torch":
             from patchbank.features.fpfh_torch import grid_fpfh_torch
 
             xyz = torch.from_numpy(np.stack([p.xyz for p in batch])).to(self.device, torch.float64)
-            args = (o.normal_radius, o.normal_max_nn, o.feature_radius, o.feature_max_nn, o.window)
             return to_grid(grid_fpfh_torch(xyz, *args))
         if self.backend == "numba":
             from patchbank.features.fpfh_numba import grid_fpfh
 
-            args = (o.normal_radius, o.normal_max_nn, o.feature_radius, o.feature_max_nn, o.window)
             maps = np.stack([grid_fpfh(p.xyz, *args) for p in batch])
         else:
             maps = np.stack([fpfh_map(p.xyz, o) for p in batch])
