@@ -165,7 +165,7 @@ def machine() -> str:
 
 
 def ensure_data(cfg: BenchConfig) -> Path:
-    """The demo dataset for the run, generated once under ``root/data`` and reused when it matches."""
+    """The demo dataset of the run's sizes, generated once under ``root`` and reused by later runs."""
     from bank_builder.demo_data import generate
 
     data = cfg.root / f"data-{cfg.size}-{cfg.n_train}-{cfg.n_test}"
@@ -193,15 +193,9 @@ class TestSample:
 def load_test(data: Path, category: str, size: int) -> list[TestSample]:
     out = []
     for ref in list_samples(data, category, "test"):
-        xyz = decode_xyz(ref.xyz.read_bytes(), ref.xyz.name)
-        out.append(
-            TestSample(
-                ref,
-                ref.rgb.read_bytes(),
-                ref.xyz.read_bytes(),
-                resize_mask(read_mask(ref, xyz.shape[:2]), size),
-            )
-        )
+        xyz = ref.xyz.read_bytes()
+        shape = decode_xyz(xyz, ref.xyz.name).shape[:2]
+        out.append(TestSample(ref, ref.rgb.read_bytes(), xyz, resize_mask(read_mask(ref, shape), size)))
     return out
 
 
@@ -426,6 +420,7 @@ def write_bench_bank(
         method=extractor.spec.method,
         features=extractor.spec,
         weights=extractor.weights,
+        index_kind=index.kind,
         coreset=bankfmt.CoresetInfo(
             spec=coreset,
             n_patches=built.feats.shape[0] * built.feats.shape[1],

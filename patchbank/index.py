@@ -106,6 +106,7 @@ class PatchIndex:
         faiss = _faiss()
         self._idmap = idmap if idmap is not None else self._build(faiss)
         self._cpu = faiss.downcast_index(self._idmap.index)  # searched directly: results are row numbers
+        self.vectors = _stored_vectors(faiss, self._cpu, len(self.ids), self.dim)  # one copy in memory
         self._search_index = self._cpu
         if device.startswith("cuda") and kind == "flat" and gpu_available():
             self._gpu_res = faiss.StandardGpuResources()
@@ -189,8 +190,14 @@ class PatchIndex:
         expected = {"flat": faiss.IndexFlat, "hnsw": faiss.IndexHNSWFlat}[check_kind(kind)]
         if not isinstance(inner, expected):
             raise BankError(f"{path} holds a {type(inner).__name__}, but the manifest says {kind!r}")
-        flat = inner if kind == "flat" else faiss.downcast_index(inner.storage)
-        n, d = idmap.ntotal, idmap.d
-        vectors = np.array(faiss.rev_swig_ptr(flat.get_xb(), n * d), dtype=np.float32).reshape(n, d)
+        vectors = _stored_vectors(faiss, inner, idmap.ntotal, idmap.d)
         ids = faiss.vector_to_array(idmap.id_map).astype(np.int64)
         return cls(vectors, ids, kind, device, backend="faiss", idmap=idmap)
+
+
+def _stored_vectors(faiss: Any, inner: Any, n: int, d: int) -> np.ndarray:
+    """(n, d) float32 view of the vectors a flat or HNSW index stores (no copy; valid while it lives)."""
+    flat = inner if isinstance(inner, faiss.IndexFlat) else faiss.downcast_index(inner.storage)
+    view = faiss.rev_swig_ptr(flat.get_xb(), n * d).reshape(n, d)
+    view.flags.writeable = False
+    return view

@@ -70,7 +70,7 @@ def test_fpfh_matches_plain_open3d_recipe(demo_root: Path) -> None:
         "feature_radius": 0.25,
         "feature_max_nn": 100,
         "neighbours": "kdtree",
-        "window": 8,
+        "window": 10,
     }
 
 

@@ -39,7 +39,7 @@ class FPFHOptions(BaseModel):
     neighbours: Literal["grid", "kdtree"] = Field(
         "grid", description="grid: nearest points in a pixel window (fast); kdtree: Open3D's KD-tree (BTF)"
     )
-    window: int = Field(8, ge=1, le=32, description="grid: half-width of the pixel window")
+    window: int = Field(10, ge=1, le=32, description="grid: half-width of the pixel window")
 
 
 def fpfh_map(xyz: np.ndarray, opts: FPFHOptions) -> np.ndarray:
