@@ -23,12 +23,14 @@ N_REWEIGHT = 3
 
 
 def reference_options(method: str, options: dict[str, Any]) -> dict[str, Any]:
-    """``options`` of ``method`` with FPFH by Open3D's KD-tree, as BTF computes it."""
+    """``options`` of ``method`` as BTF computes them: FPFH by Open3D's KD-tree, the backbone in fp32."""
     opts = {k: dict(v) if isinstance(v, dict) else v for k, v in options.items()}
     if method == "fpfh":
         opts["neighbours"] = "kdtree"
     elif "fpfh" in method:
         opts.setdefault("fpfh", {})["neighbours"] = "kdtree"
+    rgb = opts if method == "rgb" else opts.get("rgb", {})
+    rgb.pop("precision", None)
     return opts
 
 

@@ -73,9 +73,11 @@ def test_btf_coreset_selects_what_the_greedy_sampler_selects() -> None:
 def test_reference_options_use_open3d_kdtree() -> None:
     assert reference_options("fpfh", {})["neighbours"] == "kdtree"
     assert reference_options("rgb+fpfh", {}) == {"fpfh": {"neighbours": "kdtree"}}
-    opts = {"rgb": {"backbone": "resnet18"}, "fpfh": {"window": 5}}
-    assert reference_options("rgb+fpfh", opts)["fpfh"] == {"window": 5, "neighbours": "kdtree"}
-    assert opts["fpfh"] == {"window": 5}  # the caller's options are left alone
+    assert reference_options("rgb", {"precision": "bf16"}) == {}  # BTF's backbone runs in fp32
+    opts = {"rgb": {"backbone": "resnet18", "precision": "bf16"}, "fpfh": {"window": 5}}
+    ref = reference_options("rgb+fpfh", opts)
+    assert ref == {"rgb": {"backbone": "resnet18"}, "fpfh": {"window": 5, "neighbours": "kdtree"}}
+    assert opts["fpfh"] == {"window": 5} and opts["rgb"]["precision"] == "bf16"  # the caller's are untouched
 
 
 def test_bad_arguments_are_one_line_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
