@@ -24,17 +24,21 @@ class Region:
 
 
 def find_regions(amap: np.ndarray, threshold: float) -> list[Region]:
-    """8-connected regions of (H, W) ``amap`` > threshold, largest peak first."""
-    labels, n = ndimage.label(amap > threshold, structure=EIGHT_CONNECTED)
-    if n == 0:
-        return []
-    index = np.arange(1, n + 1)
-    areas = ndimage.sum_labels(np.ones_like(amap), labels, index)
-    peaks = ndimage.maximum(amap, labels, index)
-    regions = [
-        Region((sl[1].start, sl[0].start, sl[1].stop, sl[0].stop), int(area), float(peak))
-        for sl, area, peak in zip(ndimage.find_objects(labels), areas, peaks, strict=True)
-    ]
+    """8-connected regions of (H, W) ``amap`` > threshold, largest peak first.
+
+    Area and peak are taken inside each region's bounding box (scipy's labelled maximum sorts every pixel:
+    ~50 ms at 800 x 800 even for one region)."""
+    labels, _ = ndimage.label(amap > threshold, structure=EIGHT_CONNECTED)
+    regions = []
+    for k, sl in enumerate(ndimage.find_objects(labels), start=1):
+        inside = labels[sl] == k
+        regions.append(
+            Region(
+                (sl[1].start, sl[0].start, sl[1].stop, sl[0].stop),
+                int(inside.sum()),
+                float(amap[sl][inside].max()),
+            )
+        )
     return sorted(regions, key=lambda r: -r.peak_score)
 
 
