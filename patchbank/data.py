@@ -140,10 +140,10 @@ def check_xyz(xyz: np.ndarray, where: str) -> np.ndarray:
     if not np.issubdtype(xyz.dtype, np.floating):
         raise DataError(f"{where}: xyz must hold float coordinates in metres, got dtype {xyz.dtype}")
     xyz = xyz.astype(np.float32, copy=False)
-    bad = ~np.isfinite(xyz).all(axis=2)
-    if bad.any():
-        xyz = xyz.copy()
-        xyz[bad] = 0.0
+    if np.isfinite(xyz).all():  # the common case, one fast pass
+        return xyz
+    xyz = xyz.copy()
+    xyz[~np.isfinite(xyz).all(axis=2)] = 0.0
     return xyz
 
 
