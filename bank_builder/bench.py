@@ -30,11 +30,12 @@ import torch
 from pydantic import BaseModel, Field
 from tqdm.auto import tqdm
 
-from bank_builder.calibrate import default_thresholds, score_stats
+from bank_builder.build import new_manifest
+from bank_builder.calibrate import score_stats
 from bank_builder.reference import btf_coreset, btf_image_score, btf_search, reference_options
 from patchbank import bank as bankfmt
 from patchbank.coreset import CoresetSpec, create_sampler
-from patchbank.data import GOOD, SampleRef, digest, list_samples, read_mask
+from patchbank.data import GOOD, SampleRef, list_samples, read_mask
 from patchbank.decode import check_pair, decode_rgb, decode_xyz
 from patchbank.extract import load_prepared
 from patchbank.features import create_extractor
@@ -271,14 +272,16 @@ def _decode(s: TestSample, size: int) -> tuple[Prepared, dict[str, float]]:
 
 def fast_score(
     extractor: FeatureExtractor, index: PatchIndex, tests: Sequence[TestSample], cfg: BenchConfig
-) -> tuple[np.ndarray, np.ndarray, dict[str, float]]:
-    """Score each test sample alone, stage by stage: (N,) image scores, (N, 224, 224) maps, mean ms."""
+) -> tuple[np.ndarray, np.ndarray, dict[str, float], np.ndarray]:
+    """Score each test sample alone, stage by stage: (N,) image scores, (N, 224, 224) maps, mean ms, and
+    the (N, 784, D) features (for the index comparison)."""
     total: dict[str, float] = {}
-    scores, maps = [], []
+    scores, maps, all_feats = [], [], []
     for s in _bar(tests, cfg, "fast scoring"):
         p, t = _decode(s, extractor.image_size)
         with timed(t, "features", 1000):
             feats = extractor.extract([p])
+        all_feats.append(feats)
         with timed(t, "search", 1000):
             rows, dists = nearest(index, feats)
         with timed(t, "reweight", 1000):
@@ -288,7 +291,7 @@ def fast_score(
             resize_map(amap, p.input_size)
         maps.append(amap)
         _add(total, t)
-    return np.array(scores), np.stack(maps), _mean(total, len(tests))
+    return np.array(scores), np.stack(maps), _mean(total, len(tests)), np.concatenate(all_feats)
 
 
 def reference_score(
@@ -324,13 +327,11 @@ def metrics(tests: Sequence[TestSample], scores: np.ndarray, maps: np.ndarray) -
 
 
 def index_figures(
-    index: PatchIndex,
-    feats: np.ndarray,
-    tests: Sequence[TestSample],
-    exact_rows: np.ndarray,
-    cfg: BenchConfig,
+    index: PatchIndex, feats: np.ndarray, tests: Sequence[TestSample], cfg: BenchConfig
 ) -> list[IndexFigures]:
     """Each index kind over the fast bank's vectors: search time, recall@1 against exact search, metrics."""
+    exact = PatchIndex(index.vectors, index.ids, "flat", cfg.device)
+    exact_rows = np.stack([nearest(exact, f[None])[0][0] for f in feats])  # per sample, as timed below
     out = []
     for kind in cfg.index_kinds:
         idx = PatchIndex(index.vectors, index.ids, kind, cfg.device)
@@ -413,27 +414,13 @@ def write_bench_bank(
     scores, maps = good
     stats = score_stats("bench: test/good", scores.tolist(), maps.reshape(len(maps), -1).max(1).tolist())
     index = built.index
-    manifest = bankfmt.Manifest(
-        category=category,
-        version="v0000",
-        created_at=bankfmt.now_utc(),
-        method=extractor.spec.method,
-        features=extractor.spec,
-        weights=extractor.weights,
-        index_kind=index.kind,
-        coreset=bankfmt.CoresetInfo(
-            spec=coreset,
-            n_patches=built.feats.shape[0] * built.feats.shape[1],
-            size=len(index),
-            projected_dim=built.projected_dim,
-        ),
-        training=bankfmt.TrainingInfo(
-            n_samples=len(train), samples=[r.name for r in train], digest=digest(train)
-        ),
-        score_stats=stats,
-        thresholds=default_thresholds(stats),
-        libraries=bankfmt.library_versions(),
+    coreset_info = bankfmt.CoresetInfo(
+        spec=coreset,
+        n_patches=built.feats.shape[0] * built.feats.shape[1],
+        size=len(index),
+        projected_dim=built.projected_dim,
     )
+    manifest = new_manifest(category, extractor, index, coreset_info, train, stats)
     return bankfmt.write_version(banks, manifest, lambda d: index.save(d / bankfmt.INDEX_FILE))
 
 
@@ -459,7 +446,7 @@ def bench_method(
     extractor = create_extractor(method, options, cfg.weights, cfg.device)
     extractor.extract([load_prepared(train[0], extractor.image_size)])  # warm-up: JIT, allocator, caches
     built = fast_build(extractor, train, cfg, work)
-    scores, maps, score_ms = fast_score(extractor, built.index, tests, cfg)
+    scores, maps, score_ms, feats = fast_score(extractor, built.index, tests, cfg)
     fast = PathFigures(
         build_s=built.timings_s,
         build_peak_mb=built.peak_mb,
@@ -474,10 +461,7 @@ def bench_method(
     weights_file = str(cfg.weights.path) if cfg.weights.path else None
     service_ms = service_latency(banks, category, tests, cfg.device, weights_file)
 
-    feats = np.concatenate([extractor.extract([_decode(s, extractor.image_size)[0]]) for s in tests])
-    exact = PatchIndex(built.index.vectors, built.index.ids, "flat", cfg.device)
-    exact_rows = np.stack([nearest(exact, f[None])[0][0] for f in feats])
-    indexes = index_figures(built.index, feats, tests, exact_rows, cfg)
+    indexes = index_figures(built.index, feats, tests, cfg)
     rates = {bs: throughput(extractor, built.index, tests, bs) for bs in cfg.batch_sizes}
 
     reference = None

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,10 +15,11 @@ from bank_builder.calibrate import default_thresholds, held_out_training, held_o
 from bank_builder.evaluate import Evaluation, evaluate
 from patchbank import bank as bankfmt
 from patchbank.coreset import CoresetSpec, create_sampler
-from patchbank.data import digest, has_split, list_samples
+from patchbank.data import SampleRef, digest, has_split, list_samples
 from patchbank.errors import DataError
 from patchbank.extract import extract_all
 from patchbank.features import GRID, create_extractor
+from patchbank.features.base import FeatureExtractor
 from patchbank.index import PatchIndex, default_kind
 from patchbank.scorer import BankScorer
 from patchbank.weights import WeightsRequest
@@ -60,6 +61,33 @@ def timed(timings: dict[str, float], stage: str) -> Iterator[None]:
     timings[stage] = time.perf_counter() - start
 
 
+def new_manifest(
+    category: str,
+    extractor: FeatureExtractor,
+    index: PatchIndex,
+    coreset: bankfmt.CoresetInfo,
+    train: Sequence[SampleRef],
+    stats: bankfmt.ScoreStats,
+) -> bankfmt.Manifest:
+    """The manifest of a bank not yet written (its version is assigned by ``write_version``)."""
+    return bankfmt.Manifest(
+        category=category,
+        version="v0000",
+        created_at=bankfmt.now_utc(),
+        method=extractor.spec.method,
+        features=extractor.spec,
+        weights=extractor.weights,
+        index_kind=index.kind,
+        coreset=coreset,
+        training=bankfmt.TrainingInfo(
+            n_samples=len(train), samples=[r.name for r in train], digest=digest(train)
+        ),
+        score_stats=stats,
+        thresholds=default_thresholds(stats),
+        libraries=bankfmt.library_versions(),
+    )
+
+
 def build_bank(req: BuildRequest) -> BuildResult:
     bankfmt.check_category(req.category)
     timings: dict[str, float] = {}
@@ -89,23 +117,15 @@ def build_bank(req: BuildRequest) -> BuildResult:
             stats = held_out_validation(extractor, index, val, size, req.progress)
         else:
             stats = held_out_training(index, feats, GRID * GRID)
-    manifest = bankfmt.Manifest(
-        category=req.category,
-        version="v0000",
-        created_at=bankfmt.now_utc(),
-        method=extractor.spec.method,
-        features=extractor.spec,
-        weights=extractor.weights,
-        index_kind=kind,
-        coreset=bankfmt.CoresetInfo(
+    manifest = new_manifest(
+        req.category,
+        extractor,
+        index,
+        bankfmt.CoresetInfo(
             spec=req.coreset, n_patches=len(flat), size=len(rows), projected_dim=sampler.projected_dim
         ),
-        training=bankfmt.TrainingInfo(
-            n_samples=len(train), samples=[r.name for r in train], digest=digest(train)
-        ),
-        score_stats=stats,
-        thresholds=default_thresholds(stats),
-        libraries=bankfmt.library_versions(),
+        train,
+        stats,
     )
 
     evaluation = None

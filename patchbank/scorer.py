@@ -132,11 +132,9 @@ def map_operator(grid: int = GRID, size: int = IMAGE_SIZE, sigma: float = BLUR_S
     a 33-tap convolution over 224 x 224 (about 100x faster on a CPU). Column j of A is the first column of
     blur(upsample(E_j)), E_j ones on row j: the rows of A sum to 1 (both steps keep constants).
     """
-    basis = np.zeros((grid, grid, grid))
+    basis = np.zeros((grid, grid, grid), np.float32)
     basis[np.arange(grid), np.arange(grid), :] = 1.0
-    t = torch.from_numpy(basis)[:, None]
-    up = torch.nn.functional.interpolate(t, size=(size, size), mode="bilinear", align_corners=False)[:, 0]
-    return blur(up.float(), sigma).double().numpy()[:, :, 0].T.copy()
+    return blur(upsample(basis, size), sigma).double().numpy()[:, :, 0].T.copy()
 
 
 def anomaly_maps(dists: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
