@@ -52,6 +52,15 @@ class FeatureExtractor(ABC):
         """(B, GRID * GRID, D) float32 patch features of a batch."""
         return to_patches(self.grid_maps(batch))
 
+    def fit(self, features: np.ndarray) -> np.ndarray:
+        """Fit data-dependent options on the training features (N, 784, D), as ``extract`` returned them
+        before fitting, and return those features as ``extract`` returns them from now on.
+
+        Called once by ``build-bank`` before the coreset; the fitted values go into ``spec`` (so the
+        manifest records them and a rebuilt extractor applies them). Most extractors have nothing to fit.
+        """
+        return features
+
     @property
     def dim(self) -> int:
         return self.spec.dim
