@@ -30,7 +30,7 @@ import torch
 from pydantic import BaseModel, Field
 from tqdm.auto import tqdm
 
-from bank_builder.build import new_manifest
+from bank_builder.build import new_manifest, new_member
 from bank_builder.calibrate import score_stats
 from bank_builder.reference import btf_coreset, btf_image_score, btf_search, reference_options
 from patchbank import bank as bankfmt
@@ -420,7 +420,8 @@ def write_bench_bank(
         size=len(index),
         projected_dim=built.projected_dim,
     )
-    manifest = new_manifest(category, extractor, index, coreset_info, train, stats)
+    member = new_member(extractor, index, bankfmt.INDEX_FILE, coreset_info)
+    manifest = new_manifest(category, extractor.spec.method, [member], None, train, stats)
     return bankfmt.write_version(banks, manifest, lambda d: index.save(d / bankfmt.INDEX_FILE))
 
 

@@ -1,5 +1,6 @@
-"""``build-bank``: training features -> coreset -> FAISS bank + manifest, held-out statistics and default
-thresholds, evaluation on the test split when there is one, written atomically as a new version."""
+"""``build-bank``: training features -> coreset -> FAISS bank(s) + manifest, held-out statistics, fusion and
+thresholds (calibrated on request), evaluation on the test split when there is one, written atomically as a
+new version. A late-fusion method builds one bank per member from one pass over the data."""
 
 from __future__ import annotations
 
@@ -11,22 +12,31 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bank_builder.calibrate import default_thresholds, held_out_training, held_out_validation
+import numpy as np
+
+from bank_builder.calibrate import (
+    DEFAULT_TARGET_FRR,
+    calibrate_target_frr,
+    default_thresholds,
+    held_out_training,
+    held_out_validation,
+    score_stats,
+)
 from bank_builder.evaluate import Evaluation, evaluate
 from patchbank import bank as bankfmt
 from patchbank.coreset import CoresetSpec, create_sampler
 from patchbank.data import SampleRef, digest, has_split, list_samples
 from patchbank.errors import DataError
 from patchbank.extract import extract_all
-from patchbank.features import GRID, create_extractor
+from patchbank.features import create_extractor
 from patchbank.features.base import FeatureExtractor
+from patchbank.fusion import Fusion, fit_fusion
 from patchbank.index import PatchIndex, default_kind
-from patchbank.scorer import BankScorer
+from patchbank.methods import DEFAULT_METHOD, parse_method
+from patchbank.scorer import BankScorer, Scores, check_same_size, fuse
 from patchbank.weights import WeightsRequest
 
 log = logging.getLogger(__name__)
-
-DEFAULT_METHOD = "rgb+fpfh"
 
 
 @dataclass
@@ -35,13 +45,15 @@ class BuildRequest:
     data_root: Path
     banks: Path
     method: str = DEFAULT_METHOD
-    options: dict[str, Any] = field(default_factory=dict)
+    options: dict[str, dict[str, Any]] = field(default_factory=dict)  # per member extractor name
     coreset: CoresetSpec = field(default_factory=CoresetSpec)
-    index_kind: str | None = None  # None: patchbank.index.default_kind of the feature dimension
+    index_kind: str | None = None  # None: patchbank.index.default_kind of each member's dimension
     weights: WeightsRequest = field(default_factory=WeightsRequest)
     device: str = "cpu"
     batch_size: int = 8
     evaluate: bool = True
+    calibrate: bool = False
+    target_frr: float = DEFAULT_TARGET_FRR
     activate: bool = True
     progress: bool = True
 
@@ -61,11 +73,36 @@ def timed(timings: dict[str, float], stage: str) -> Iterator[None]:
     timings[stage] = time.perf_counter() - start
 
 
-def new_manifest(
-    category: str,
+def new_member(
     extractor: FeatureExtractor,
     index: PatchIndex,
+    index_file: str,
     coreset: bankfmt.CoresetInfo,
+    held_out: Scores | None = None,
+) -> bankfmt.Member:
+    """One member bank's manifest entry (with its raw held-out scores, which a fusion is fitted on)."""
+    stats = None
+    if held_out is not None:
+        stats = bankfmt.MemberStats(
+            image_scores=[float(v) for v in held_out.image],
+            pixel_mean=float(held_out.maps.mean()),
+            pixel_std=float(held_out.maps.std()),
+        )
+    return bankfmt.Member(
+        features=extractor.spec,
+        weights=extractor.weights,
+        index_kind=index.kind,
+        index_file=index_file,
+        coreset=coreset,
+        held_out=stats,
+    )
+
+
+def new_manifest(
+    category: str,
+    method: str,
+    members: Sequence[bankfmt.Member],
+    fusion: Fusion | None,
     train: Sequence[SampleRef],
     stats: bankfmt.ScoreStats,
 ) -> bankfmt.Manifest:
@@ -74,11 +111,9 @@ def new_manifest(
         category=category,
         version="v0000",
         created_at=bankfmt.now_utc(),
-        method=extractor.spec.method,
-        features=extractor.spec,
-        weights=extractor.weights,
-        index_kind=index.kind,
-        coreset=coreset,
+        method=method,
+        members=list(members),
+        fusion=fusion,
         training=bankfmt.TrainingInfo(
             n_samples=len(train), samples=[r.name for r in train], digest=digest(train)
         ),
@@ -88,8 +123,24 @@ def new_manifest(
     )
 
 
+def coreset_index(features: np.ndarray, req: BuildRequest) -> tuple[PatchIndex, bankfmt.CoresetInfo]:
+    """(N, 784, D) training features -> the coreset's index, and what the manifest says of the coreset."""
+    flat = features.reshape(-1, features.shape[2])
+    sampler = create_sampler(req.coreset, device=req.device, progress=req.progress)
+    rows = sampler.run(flat)
+    index = PatchIndex(flat[rows], rows, req.index_kind or default_kind(flat.shape[1]), req.device)
+    log.info(
+        "coreset: %d of %d patches of %d-d (%s)", len(rows), len(flat), flat.shape[1], req.coreset.sampler
+    )
+    info = bankfmt.CoresetInfo(
+        spec=req.coreset, n_patches=len(flat), size=len(rows), projected_dim=sampler.projected_dim
+    )
+    return index, info
+
+
 def build_bank(req: BuildRequest) -> BuildResult:
     bankfmt.check_category(req.category)
+    method = parse_method(req.method)
     timings: dict[str, float] = {}
     train = list_samples(req.data_root, req.category, "train", kinds=["good"])
     if len(train) < 2:
@@ -97,49 +148,65 @@ def build_bank(req: BuildRequest) -> BuildResult:
             f"{req.data_root}/{req.category}/train/good holds {len(train)} sample; a bank needs 2 or more"
         )
     with timed(timings, "extractor"):
-        extractor = create_extractor(req.method, req.options, req.weights, req.device)
-    size = extractor.image_size
-    log.info("%s: %d training samples, features %s", req.category, len(train), extractor.spec.describe())
+        extractors = [
+            create_extractor(m, req.options.get(m), req.weights, req.device) for m in method.members
+        ]
+        check_same_size(extractors)
+    log.info(
+        "%s: %d training samples, method %s: %s",
+        req.category,
+        len(train),
+        method.name,
+        "; ".join(e.spec.describe() for e in extractors),
+    )
 
     with timed(timings, "features"):
-        feats = extract_all(extractor, train, size, req.batch_size, req.progress)  # (N, 784, D)
-    flat = feats.reshape(-1, feats.shape[2])
+        raw = extract_all(extractors, train, req.batch_size, req.progress)
+        feats = [e.fit(f) for e, f in zip(extractors, raw, strict=True)]  # (N, 784, D) per member
     with timed(timings, "coreset"):
-        sampler = create_sampler(req.coreset, device=req.device, progress=req.progress)
-        rows = sampler.run(flat)
-        kind = req.index_kind or default_kind(flat.shape[1])
-        index = PatchIndex(flat[rows], rows, kind, req.device)
-    log.info("coreset: %d of %d patches (%s)", len(rows), len(flat), req.coreset.sampler)
+        built = [coreset_index(f, req) for f in feats]
+        indices = [index for index, _ in built]
 
     with timed(timings, "held-out"):
         if has_split(req.data_root, req.category, "validation"):
             val = list_samples(req.data_root, req.category, "validation", kinds=["good"])
-            stats = held_out_validation(extractor, index, val, size, req.progress)
+            source, held = "validation", held_out_validation(extractors, indices, val, req.progress)
         else:
-            stats = held_out_training(index, feats, GRID * GRID)
-    manifest = new_manifest(
-        req.category,
-        extractor,
-        index,
-        bankfmt.CoresetInfo(
-            spec=req.coreset, n_patches=len(flat), size=len(rows), projected_dim=sampler.projected_dim
-        ),
-        train,
-        stats,
-    )
+            source, held = "train-leave-one-out", held_out_training(indices, feats)
+        fusion = None
+        if method.fusion is not None:
+            fusion = fit_fusion(
+                method.fusion,
+                np.stack([h.image for h in held]),
+                np.stack([h.maps for h in held]),
+                source,
+                seed=req.coreset.seed,
+            )
+        final = fuse(fusion, held)
+        stats = score_stats(source, final.image, final.maps.reshape(len(final.maps), -1).max(axis=1))
+    files = bankfmt.index_files(len(extractors))
+    members = [
+        new_member(e, index, file, info, h)
+        for e, (index, info), file, h in zip(extractors, built, files, held, strict=True)
+    ]
+    manifest = new_manifest(req.category, method.name, members, fusion, train, stats)
+    if req.calibrate:
+        manifest = calibrate_target_frr(manifest, req.target_frr)
 
     evaluation = None
     if req.evaluate and has_split(req.data_root, req.category, "test"):
         test = list_samples(req.data_root, req.category, "test")
         with timed(timings, "evaluate"):
-            scorer = BankScorer(bankfmt.Bank(manifest, index, Path()), extractor)
+            scorer = BankScorer(bankfmt.Bank(manifest, indices, Path()), extractors)
             evaluation = evaluate(scorer, test, req.progress)
-        manifest.evaluation = evaluation.model_dump(exclude={"scores", "category", "bank_version"})
+        manifest.evaluation = evaluation.model_dump(exclude={"category", "bank_version"})
+
+    def write_indices(directory: Path) -> None:
+        for index, file in zip(indices, files, strict=True):
+            index.save(directory / file)
 
     with timed(timings, "write"):
-        final = bankfmt.write_version(
-            req.banks, manifest, lambda d: index.save(d / bankfmt.INDEX_FILE), activate=req.activate
-        )
+        written = bankfmt.write_version(req.banks, manifest, write_indices, activate=req.activate)
     if evaluation is not None:
-        evaluation.bank_version = final.version
-    return BuildResult(final, evaluation, timings)
+        evaluation.bank_version = written.version
+    return BuildResult(written, evaluation, timings)

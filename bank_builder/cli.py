@@ -10,12 +10,13 @@ import logging
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from patchbank.errors import InputError, PatchbankError
 from patchbank.index import INDEX_KINDS
 
 if TYPE_CHECKING:
+    from bank_builder.build import BuildRequest
     from patchbank.coreset import CoresetSpec
 
 
@@ -49,16 +50,7 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bars, warnings only")
 
 
-def build_bank_parser() -> argparse.ArgumentParser:
-    from patchbank.features import list_extractors
-
-    p = argparse.ArgumentParser(
-        prog="build-bank", description="Build a versioned anomaly bank for one category."
-    )
-    _common(p)
-    p.add_argument(
-        "--method", default="rgb+fpfh", choices=list_extractors(), help="feature method (default rgb+fpfh)"
-    )
+def _feature_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backbone", help="timm backbone of rgb methods (default wide_resnet50_2)")
     p.add_argument("--layers", help="comma-separated backbone feature levels (default 2,3)")
     p.add_argument(
@@ -66,15 +58,25 @@ def build_bank_parser() -> argparse.ArgumentParser:
         choices=["grid", "kdtree"],
         help="FPFH neighbours: grid (pixel window, fast; default) or kdtree (Open3D, BTF as published)",
     )
+    p.add_argument(
+        "--background",
+        choices=["keep", "plane"],
+        help="3D background: keep every point (default) or remove the table plane (RANSAC + DBSCAN)",
+    )
+    p.add_argument(
+        "--normalise",
+        choices=["none", "modality"],
+        help="rgb+fpfh: scale each modality to unit spread on the training patches (default none)",
+    )
+    p.add_argument(
+        "--precision", choices=["fp32", "bf16"], help="backbone arithmetic of rgb methods (default fp32)"
+    )
     p.add_argument("--coreset-ratio", type=float, default=0.1, help="fraction of patches kept (default 0.1)")
     p.add_argument("--seed", type=int, default=0, help="seed of the coreset's random projection")
     p.add_argument(
         "--index",
         choices=INDEX_KINDS,
         help="search index: flat (exact) or hnsw (approximate, faster); default hnsw from 256-d up, else flat",
-    )
-    p.add_argument(
-        "--precision", choices=["fp32", "bf16"], help="backbone arithmetic of rgb methods (default fp32)"
     )
     w = p.add_mutually_exclusive_group()
     w.add_argument("--weights", type=Path, help="local RGB backbone weights (.safetensors or .pt state dict)")
@@ -87,6 +89,34 @@ def build_bank_parser() -> argparse.ArgumentParser:
         help="randomly initialised backbone (tests and demos only)",
     )
     p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument(
+        "--target-frr",
+        type=float,
+        default=0.01,
+        help="calibration: false-reject rate aimed at on held-out good parts (default 0.01)",
+    )
+
+
+def build_bank_parser() -> argparse.ArgumentParser:
+    from patchbank.methods import DEFAULT_METHOD
+
+    p = argparse.ArgumentParser(
+        prog="build-bank", description="Build a versioned anomaly bank for one category."
+    )
+    _common(p)
+    p.add_argument(
+        "--method",
+        default=DEFAULT_METHOD,
+        help=f"scoring method (default {DEFAULT_METHOD}: late fusion of an rgb and an fpfh bank); one "
+        "extractor (fpfh, rgb, dino, rgb+fpfh) for one bank, or several joined by / for late fusion "
+        "(e.g. dino/fpfh, rgb/fpfh@svm)",
+    )
+    _feature_options(p)
+    p.add_argument(
+        "--calibrate",
+        action="store_true",
+        help="set the thresholds at --target-frr on held-out goods, with a cross-validated FRR (see calibrate)",
+    )
     p.add_argument("--no-evaluate", action="store_true", help="skip evaluation on the test split")
     p.add_argument("--json", type=Path, help="also write the evaluation as JSON")
     _publishing(p)
@@ -122,34 +152,53 @@ def build_bank_main(argv: Sequence[str] | None = None) -> int:
     return run(_build_bank, build_bank_parser(), argv)
 
 
-def _build_bank(args: argparse.Namespace) -> int:
-    from bank_builder.build import BuildRequest, build_bank
-    from bank_builder.evaluate import table
+def build_request(args: argparse.Namespace, method: str, **overrides: Any) -> BuildRequest:
+    """A BuildRequest from build-bank's (or compare's) arguments, settings filling the gaps."""
+    from bank_builder.build import BuildRequest
     from patchbank.config import Settings, default_device, require
+    from patchbank.methods import parse_method
     from patchbank.weights import WeightsRequest
 
     s = Settings()
-    weights = args.weights or (s.weights if args.random_weights is None and args.method != "fpfh" else None)
-    req = BuildRequest(
+    parsed = parse_method(method)
+    use_settings = args.random_weights is None and parsed.needs_rgb_weights
+    weights = args.weights or (s.weights if use_settings else None)
+    if not 0 < args.target_frr < 1:
+        raise InputError(f"--target-frr must be between 0 and 1, got {args.target_frr}")
+    fields: dict[str, Any] = dict(
         category=args.category,
         data_root=require(args.data_root or s.data_root, "data root", "--data-root", "PATCHBANK_DATA_ROOT"),
         banks=require(args.banks or s.banks, "banks directory", "--banks", "PATCHBANK_BANKS"),
-        method=args.method,
-        options=_options(args.method, args.backbone, args.layers, args.fpfh_neighbours, args.precision),
+        method=parsed.name,
+        options=member_options(parsed.members, args),
         coreset=_coreset(args.coreset_ratio, args.seed),
         index_kind=args.index,
         weights=WeightsRequest(path=weights, random_seed=args.random_weights),
         device=default_device(args.device or s.device),
         batch_size=args.batch_size,
-        evaluate=not args.no_evaluate,
-        activate=not args.publish,
+        target_frr=args.target_frr,
         progress=not args.quiet,
+    )
+    fields.update(overrides)
+    return BuildRequest(**fields)
+
+
+def _build_bank(args: argparse.Namespace) -> int:
+    from bank_builder.build import build_bank
+    from bank_builder.evaluate import table
+    from patchbank.config import Settings
+
+    req = build_request(
+        args, args.method, evaluate=not args.no_evaluate, calibrate=args.calibrate, activate=not args.publish
     )
     result = build_bank(req)
     m = result.manifest
+    sizes = ", ".join(
+        f"{mb.name} {mb.coreset.size} of {mb.coreset.n_patches} x {mb.features.dim}-d" for mb in m.members
+    )
     print(
-        f"built {m.category}/{m.version} ({m.method}): {m.coreset.size} of {m.coreset.n_patches} patches, "
-        f"dim {m.features.dim}, image threshold {m.thresholds.image:.4g} ({m.score_stats.source})"
+        f"built {m.category}/{m.version} ({m.method}): {sizes}; "
+        f"image threshold {m.thresholds.image:.4g} ({m.thresholds.rule})"
     )
     print(f"bank: {Path(req.banks) / m.category / m.version}")
     print("timings: " + ", ".join(f"{k} {v:.1f} s" for k, v in result.timings_s.items()))
@@ -158,7 +207,7 @@ def _build_bank(args: argparse.Namespace) -> int:
         if args.json:
             args.json.write_text(result.evaluation.model_dump_json(indent=2))
     if args.publish:
-        _publish(req.banks, m.category, m.version, s.redis_url, args)
+        _publish(req.banks, m.category, m.version, Settings().redis_url, args)
     return 0
 
 
@@ -197,33 +246,44 @@ def _publish_bank(args: argparse.Namespace) -> int:
     return 0
 
 
-def _options(
-    method: str,
-    backbone: str | None,
-    layers: str | None,
-    neighbours: str | None = None,
-    precision: str | None = None,
-) -> dict[str, object]:
-    """Extractor options of ``method`` from --backbone / --layers / --precision / --fpfh-neighbours (refused
-    where they do not apply)."""
-    rgb: dict[str, object] = {}
-    if backbone:
-        rgb["backbone"] = backbone
-    if precision:
-        rgb["precision"] = precision
-    if layers:
+RGB_MEMBERS = ("rgb", "dino")
+
+
+def member_options(members: Sequence[str], args: argparse.Namespace) -> dict[str, dict[str, Any]]:
+    """Each member extractor's options from the feature flags (refused where no member takes them)."""
+    rgb: dict[str, Any] = {}
+    if args.backbone:
+        rgb["backbone"] = args.backbone
+    if args.precision:
+        rgb["precision"] = args.precision
+    if args.layers:
         try:
-            rgb["layers"] = [int(v) for v in layers.split(",")]
+            rgb["layers"] = [int(v) for v in args.layers.split(",")]
         except ValueError as exc:
-            raise InputError(f"--layers must be comma-separated integers, got {layers!r}") from exc
-    if rgb and "rgb" not in method:
-        raise InputError(f"--backbone/--layers/--precision apply to rgb methods, not {method}")
-    fpfh: dict[str, object] = {"neighbours": neighbours} if neighbours else {}
-    if fpfh and "fpfh" not in method:
-        raise InputError(f"--fpfh-neighbours applies to fpfh methods, not {method}")
-    if method == "rgb+fpfh":
-        return {k: v for k, v in (("rgb", rgb), ("fpfh", fpfh)) if v}
-    return rgb or fpfh
+            raise InputError(f"--layers must be comma-separated integers, got {args.layers!r}") from exc
+    fpfh: dict[str, Any] = {}
+    if args.fpfh_neighbours:
+        fpfh["neighbours"] = args.fpfh_neighbours
+    if args.background == "plane":
+        fpfh["background"] = {}
+    has_rgb = any(m in RGB_MEMBERS or m == "rgb+fpfh" for m in members)
+    has_fpfh = any("fpfh" in m for m in members)
+    if rgb and not has_rgb:
+        raise InputError(f"--backbone/--layers/--precision apply to rgb methods, not {'/'.join(members)}")
+    if fpfh and not has_fpfh:
+        raise InputError(f"--fpfh-neighbours/--background apply to fpfh methods, not {'/'.join(members)}")
+    if args.normalise and "rgb+fpfh" not in members:
+        raise InputError("--normalise applies to the rgb+fpfh concatenation")
+    out: dict[str, dict[str, Any]] = {}
+    for m in members:
+        if m in RGB_MEMBERS and rgb:
+            out[m] = dict(rgb)
+        elif m == "fpfh" and fpfh:
+            out[m] = dict(fpfh)
+        elif m == "rgb+fpfh":
+            parts = {k: v for k, v in (("rgb", rgb), ("fpfh", fpfh)) if v}
+            out[m] = {**parts, **({"normalise": args.normalise} if args.normalise else {})}
+    return out
 
 
 def _coreset(ratio: float, seed: int) -> CoresetSpec:
@@ -404,3 +464,122 @@ def _make_demo_data(args: argparse.Namespace) -> int:
     for d in dirs:
         print(f"wrote {d}")
     return 0
+
+
+def calibrate_parser() -> argparse.ArgumentParser:
+    from bank_builder.calibrate import DEFAULT_TARGET_FRR, RULES
+
+    p = argparse.ArgumentParser(
+        prog="calibrate",
+        description="Set a bank's OK/NG and region thresholds; writes a new version (same index files).",
+    )
+    _common(p)
+    p.add_argument("--version", help="bank version to calibrate (default: the active one)")
+    p.add_argument(
+        "--rule",
+        choices=RULES,
+        default="target-frr",
+        help="target-frr: at a false-reject rate on held-out goods (default); f1: best F1 on labelled anomalies",
+    )
+    p.add_argument(
+        "--target-frr",
+        type=float,
+        default=DEFAULT_TARGET_FRR,
+        help=f"false-reject rate aimed at (default {DEFAULT_TARGET_FRR})",
+    )
+    p.add_argument(
+        "--labelled",
+        default="test",
+        help="rule f1: the split with labelled anomalies (default test; good and defect kinds with masks)",
+    )
+    p.add_argument("--weights", type=Path, help="the bank's RGB weights file if it moved (rule f1)")
+    _publishing(p)
+    return p
+
+
+def calibrate_main(argv: Sequence[str] | None = None) -> int:
+    return run(_calibrate, calibrate_parser(), argv)
+
+
+def _calibrate(args: argparse.Namespace) -> int:
+    from bank_builder.calibrate import calibrate_version
+    from bank_builder.evaluate import describe_calibration
+    from patchbank.config import Settings, default_device, require
+    from patchbank.data import list_samples
+
+    s = Settings()
+    banks = require(args.banks or s.banks, "banks directory", "--banks", "PATCHBANK_BANKS")
+    if not 0 < args.target_frr < 1:
+        raise InputError(f"--target-frr must be between 0 and 1, got {args.target_frr}")
+    labelled, device, weights = None, "cpu", None
+    if args.rule == "f1":
+        root = require(args.data_root or s.data_root, "data root", "--data-root", "PATCHBANK_DATA_ROOT")
+        labelled = list_samples(root, args.category, args.labelled)
+        device = default_device(args.device or s.device)
+        weights = args.weights or s.weights
+    m = calibrate_version(
+        banks,
+        args.category,
+        args.version,
+        target=args.target_frr,
+        labelled=labelled,
+        device=device,
+        weights=str(weights) if weights else None,
+        activate=not args.publish,
+        progress=not args.quiet,
+    )
+    print(f"calibrated {m.category}/{m.parent} -> {m.version}: {m.thresholds.rule}")
+    print(f"image threshold {m.thresholds.image:.4g}, pixel threshold {m.thresholds.pixel:.4g}")
+    print(describe_calibration(m.calibration))
+    if args.publish:
+        _publish(banks, m.category, m.version, s.redis_url, args)
+    return 0
+
+
+def compare_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="compare",
+        description="Build, calibrate and evaluate several methods on one category; print one table. "
+        "The banks are written as inactive versions (publish-bank makes the chosen one active).",
+    )
+    _common(p)
+    p.add_argument(
+        "--methods",
+        default="rgb+fpfh,rgb/fpfh,rgb/fpfh@svm",
+        help="comma-separated methods (default rgb+fpfh,rgb/fpfh,rgb/fpfh@svm)",
+    )
+    _feature_options(p)
+    p.add_argument("--json", type=Path, help="also write every method's evaluation as JSON")
+    return p
+
+
+def compare_main(argv: Sequence[str] | None = None) -> int:
+    return run(_compare, compare_parser(), argv)
+
+
+def _compare(args: argparse.Namespace) -> int:
+    import json
+
+    from bank_builder.build import build_bank
+    from bank_builder.evaluate import compare_table
+
+    methods = _split(args.methods, "--methods")
+    results = []
+    for method in methods:
+        member_options(_members(method), args)  # refuse flags that fit no method before building any
+    for method in methods:
+        result = build_bank(build_request(args, method, calibrate=True, activate=False))
+        if result.evaluation is None:
+            raise InputError(f"category {args.category!r} has no test split to compare on")
+        results.append(result.evaluation)
+        print(f"{method}: {result.manifest.category}/{result.manifest.version}", file=sys.stderr)
+    print(compare_table(results))
+    if args.json:
+        args.json.write_text(json.dumps([r.model_dump(exclude={"scores"}) for r in results], indent=2))
+    return 0
+
+
+def _members(method: str) -> tuple[str, ...]:
+    from patchbank.methods import parse_method
+
+    return parse_method(method).members

@@ -8,12 +8,13 @@ from collections.abc import Sequence
 import numpy as np
 from pydantic import BaseModel, Field
 
+from patchbank.bank import Calibration
 from patchbank.data import GOOD, SampleRef, read_mask
 from patchbank.errors import InputError
 from patchbank.extract import iter_batches
 from patchbank.metrics import au_pro, image_auroc, pixel_auroc
 from patchbank.preprocess import resize_mask
-from patchbank.scorer import BankScorer, score_patches
+from patchbank.scorer import BankScorer
 
 
 class Figures(BaseModel):
@@ -44,6 +45,9 @@ class Evaluation(BaseModel):
     threshold: float
     false_reject_rate: float = Field(description="good test samples scored above the threshold")
     miss_rate: float = Field(description="defective test samples scored at or below the threshold")
+    calibration: str | None = Field(
+        None, description="how the threshold was calibrated, and its measured FRR"
+    )
     scores: list[SampleScore]
 
 
@@ -62,10 +66,8 @@ def evaluate(scorer: BankScorer, refs: Sequence[SampleRef], progress: bool = Tru
     if GOOD not in kinds or len(set(kinds)) < 2:
         raise InputError("evaluation needs good and defective test samples (test/good and test/<defect>)")
     scores, masks, maps = [], [], []
-    for chunk, prepared, feats in iter_batches(
-        scorer.extractor, refs, size, progress=progress, desc="evaluate"
-    ):
-        s = score_patches(scorer.bank.index, feats)
+    for chunk, prepared, feats in iter_batches(scorer.extractors, refs, progress=progress, desc="evaluate"):
+        s = scorer.score_features(feats)
         scores.append(s.image)
         maps.append(s.maps)
         for ref, p in zip(chunk, prepared, strict=True):
@@ -94,10 +96,23 @@ def evaluate(scorer: BankScorer, refs: Sequence[SampleRef], progress: bool = Tru
         threshold=thr,
         false_reject_rate=float(decided[labels == 0].mean()),
         miss_rate=float((~decided[labels == 1]).mean()),
+        calibration=describe_calibration(m.calibration),
         scores=[
             SampleScore(name=r.name, kind=r.kind, image_score=float(v), is_anomalous=bool(d))
             for r, v, d in zip(refs, image, decided, strict=True)
         ],
+    )
+
+
+def describe_calibration(cal: Calibration | None) -> str | None:
+    """One line: the calibration rule and the false-reject rate measured on goods that did not set it."""
+    if cal is None:
+        return None
+    fr = cal.false_rejects
+    target = f"target FRR {cal.target_frr:g}" if cal.target_frr is not None else "F1-optimal"
+    return (
+        f"calibrated ({target}): held-out FRR {fr.rate:.3f} ({fr.rejects}/{fr.n}, 95% CI "
+        f"{fr.low:.3f}-{fr.high:.3f}, {fr.method})"
     )
 
 
@@ -121,6 +136,36 @@ def table(ev: Evaluation) -> str:
     head = f"{ev.category} {ev.bank_version} ({ev.method})"
     foot = (
         f"threshold {ev.threshold:.4g}: false-reject rate {ev.false_reject_rate:.3f}, "
-        f"miss rate {ev.miss_rate:.3f}"
+        f"miss rate {ev.miss_rate:.3f} on the test split"
     )
-    return "\n".join([head, *lines, foot])
+    return "\n".join([head, *lines, foot, *([ev.calibration] if ev.calibration else [])])
+
+
+def compare_table(evaluations: Sequence[Evaluation]) -> str:
+    """Several methods on one category: I-AUROC / P-AUROC / AU-PRO per defect kind, one column per method,
+    then each method's false-reject and miss rates on the test split at its calibrated threshold."""
+    kinds = list(evaluations[0].per_defect)
+    head = ["kind", "n", *(ev.method for ev in evaluations)]
+    rows = [head, ["", "", *("I-AUROC P-AUROC AU-PRO" for _ in evaluations)]]
+
+    def cell(f: Figures | Evaluation) -> str:
+        return f"{f.image_auroc:.3f}   {f.pixel_auroc:.3f}   {f.au_pro:.3f}"
+
+    for kind in kinds:
+        rows.append(
+            [kind, str(evaluations[0].per_defect[kind].n), *(cell(ev.per_defect[kind]) for ev in evaluations)]
+        )
+    rows.append(["all", str(evaluations[0].n_test), *(cell(ev) for ev in evaluations)])
+    rows.append(
+        ["FRR / miss", "", *(f"{ev.false_reject_rate:.3f} / {ev.miss_rate:.3f}" for ev in evaluations)]
+    )
+    widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
+    lines = [
+        "  ".join(
+            c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True))
+        )
+        for r in rows
+    ]
+    rule = "-" * len(lines[0])
+    title = f"{evaluations[0].category}: {len(evaluations)} methods, test split"
+    return "\n".join([title, lines[0], lines[1], rule, *lines[2:-2], rule, *lines[-2:]])

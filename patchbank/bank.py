@@ -6,10 +6,12 @@ BANKS/<category>/
   v0001/                 immutable once written
     manifest.json        Manifest (below), generated from the pydantic model
     manifest.sha256      sha256 of manifest.json (the manifest holds the checksums of the other files)
-    index.faiss          faiss.write_index of an IndexIDMap2 (ids = training sample * 784 + patch)
+    index.faiss          faiss.write_index of an IndexIDMap2 (ids = training sample * 784 + patch);
+                         a late-fusion bank has one per member: index0.faiss, index1.faiss, ...
 ```
 A version is written to a temporary directory and renamed into place; calibrating or refreshing a bank makes
 a new version (``write_version`` with the same index files and a new manifest). No pickle anywhere.
+Format 1 manifests (one bank, before late fusion) are read as a single-member format 2 manifest.
 """
 
 from __future__ import annotations
@@ -31,10 +33,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from patchbank.coreset import CoresetSpec
 from patchbank.errors import BankError
 from patchbank.features.base import FeatureSpec
+from patchbank.fusion import Fusion
 from patchbank.index import PatchIndex
 from patchbank.weights import WeightsIdentity, sha256_file
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_FORMATS = (1, 2)
 MANIFEST = "manifest.json"
 MANIFEST_SUM = "manifest.sha256"
 INDEX_FILE = "index.faiss"
@@ -83,6 +87,62 @@ class Thresholds(BaseModel):
     rule: str = Field(description="how the thresholds were set")
 
 
+class FalseRejects(BaseModel):
+    """A false-reject rate measured on good parts that did not set the threshold, with its interval."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    rate: float
+    low: float = Field(description="lower end of the 95% Clopper-Pearson interval")
+    high: float = Field(description="upper end of the 95% Clopper-Pearson interval")
+    rejects: int
+    n: int
+    method: str = Field(description="how the goods were kept apart from the threshold, e.g. 10-fold CV")
+
+
+class Calibration(BaseModel):
+    """How ``calibrate`` set the thresholds, and what it measured."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    rule: str = Field(description="target-frr, or f1 (labelled anomalies)")
+    target_frr: float | None = Field(None, description="the false-reject rate aimed at (rule target-frr)")
+    image_rule: str = Field(description="how the image threshold was derived")
+    pixel_rule: str = Field(description="how the pixel threshold was derived")
+    false_rejects: FalseRejects = Field(description="good parts called NG at the image threshold")
+    labelled: dict[str, float] | None = Field(
+        None, description="rule f1: the labelled split's size, anomalies, F1, image and pixel F1"
+    )
+    created_at: str
+
+
+class MemberStats(BaseModel):
+    """One member bank's raw scores of the held-out good parts (what its fusion alignment is fitted on)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    image_scores: list[float]
+    pixel_mean: float | None = Field(None, description="mean of every held-out map pixel")
+    pixel_std: float | None = Field(None, description="std of every held-out map pixel")
+
+
+class Member(BaseModel):
+    """One bank of patch features: its extractor, weights, index file and coreset."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    features: FeatureSpec
+    weights: WeightsIdentity
+    index_kind: str = Field("flat", description="search index: flat (exact) or hnsw (approximate)")
+    index_file: str = Field(INDEX_FILE, description="the FAISS index file in the version dir")
+    coreset: CoresetInfo
+    held_out: MemberStats | None = None
+
+    @property
+    def name(self) -> str:
+        return self.features.method
+
+
 class Manifest(BaseModel):
     """Everything needed to rebuild a bank's scorer exactly, and to check that it is intact."""
 
@@ -92,14 +152,13 @@ class Manifest(BaseModel):
     category: str
     version: str = Field(description="vNNNN, assigned when the version is written")
     created_at: str = Field(description="UTC, ISO 8601")
-    method: str = Field(description="feature method: fpfh, rgb or rgb+fpfh")
-    features: FeatureSpec
-    weights: WeightsIdentity
-    index_kind: str = Field("flat", description="search index: flat (exact) or hnsw (approximate)")
-    coreset: CoresetInfo
+    method: str = Field(description="scoring method (patchbank.methods): e.g. rgb+fpfh, or rgb/fpfh")
+    members: list[Member] = Field(min_length=1, description="one bank per member extractor")
+    fusion: Fusion | None = Field(None, description="how the members' scores combine (2+ members)")
     training: TrainingInfo
-    score_stats: ScoreStats
+    score_stats: ScoreStats = Field(description="held-out goods' final (fused) scores")
     thresholds: Thresholds
+    calibration: Calibration | None = Field(None, description="set by calibrate / build-bank --calibrate")
     evaluation: dict[str, object] | None = Field(
         None, description="evaluate's figures on the test split, if any"
     )
@@ -218,12 +277,22 @@ def copy_files_from(source_dir: Path) -> Callable[[Path], None]:
     return write
 
 
+def upgrade_format_1(data: dict[str, object]) -> dict[str, object]:
+    """A format 1 manifest (one bank) as format 2: its features, weights, index and coreset become the
+    single member."""
+    out = {k: v for k, v in data.items() if k not in ("features", "weights", "index_kind", "coreset")}
+    member = {k: data[k] for k in ("features", "weights", "coreset")}
+    member["index_kind"] = data.get("index_kind", "flat")
+    out.update(format_version=FORMAT_VERSION, members=[member])
+    return out
+
+
 @dataclass
 class Bank:
-    """A loaded, verified bank version."""
+    """A loaded, verified bank version: its manifest and one index per member."""
 
     manifest: Manifest
-    index: PatchIndex
+    indices: list[PatchIndex]
     path: Path
 
     @property
@@ -243,10 +312,13 @@ def read_manifest(version_dir: Path) -> Manifest:
         data = json.loads(raw)
     except json.JSONDecodeError as exc:
         raise BankError(f"{mpath} is not valid JSON: {exc}") from exc
-    if data.get("format_version") != FORMAT_VERSION:
+    if data.get("format_version") not in READABLE_FORMATS:
         raise BankError(
-            f"{mpath} has bank format {data.get('format_version')!r}; this patchbank reads format {FORMAT_VERSION}"
+            f"{mpath} has bank format {data.get('format_version')!r}; this patchbank reads formats "
+            f"{', '.join(map(str, READABLE_FORMATS))}"
         )
+    if data["format_version"] == 1:
+        data = upgrade_format_1(data)
     try:
         return Manifest.model_validate(data)
     except ValidationError as exc:
@@ -274,10 +346,18 @@ def load_bank(banks: Path, category: str, version: str | None = None, device: st
             raise BankError(f"bank {category}/{version} is incomplete: {path} is missing")
         if sha256_file(path) != digest:
             raise BankError(f"bank {category}/{version} is corrupt: {path} does not match its sha256")
-    index = PatchIndex.load(vdir / INDEX_FILE, kind=manifest.index_kind, device=device)
-    if index.dim != manifest.features.dim or len(index) != manifest.coreset.size:
-        raise BankError(
-            f"bank {category}/{version}: index holds {len(index)} x {index.dim}, "
-            f"manifest says {manifest.coreset.size} x {manifest.features.dim}"
-        )
-    return Bank(manifest, index, vdir)
+    indices = []
+    for member in manifest.members:
+        index = PatchIndex.load(vdir / member.index_file, kind=member.index_kind, device=device)
+        if index.dim != member.features.dim or len(index) != member.coreset.size:
+            raise BankError(
+                f"bank {category}/{version}: {member.index_file} holds {len(index)} x {index.dim}, "
+                f"manifest says {member.coreset.size} x {member.features.dim}"
+            )
+        indices.append(index)
+    return Bank(manifest, indices, vdir)
+
+
+def index_files(n_members: int) -> list[str]:
+    """File names of a version's indices: ``index.faiss`` for one bank, ``index0.faiss``... for several."""
+    return [INDEX_FILE] if n_members == 1 else [f"index{i}.faiss" for i in range(n_members)]

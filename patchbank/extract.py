@@ -24,33 +24,32 @@ def load_prepared(ref: SampleRef, size: int) -> Prepared:
 
 
 def iter_batches(
-    extractor: FeatureExtractor,
+    extractors: Sequence[FeatureExtractor],
     refs: Sequence[SampleRef],
-    size: int,
     batch_size: int = 8,
     progress: bool = True,
     desc: str = "features",
-) -> Iterator[tuple[list[SampleRef], list[Prepared], np.ndarray]]:
-    """Yield (refs, prepared, (B, 784, D) float32 features) batch by batch; reading overlaps extraction."""
+) -> Iterator[tuple[list[SampleRef], list[Prepared], list[np.ndarray]]]:
+    """Yield (refs, prepared, each extractor's (B, 784, D) float32 features) batch by batch; every sample is
+    read once for all extractors (they share its resolution), reading overlaps extraction."""
+    size = extractors[0].image_size
     bar = tqdm(total=len(refs), desc=desc, unit="sample", disable=not progress)
     with ThreadPoolExecutor(max_workers=2) as pool:
         chunks = [list(refs[i : i + batch_size]) for i in range(0, len(refs), batch_size)]
         pending = pool.map(lambda chunk: [load_prepared(r, size) for r in chunk], chunks)
         for chunk, prepared in zip(chunks, pending, strict=True):
-            feats = extractor.extract(prepared)
+            feats = [e.extract(prepared) for e in extractors]
             bar.update(len(chunk))
             yield chunk, prepared, feats
     bar.close()
 
 
 def extract_all(
-    extractor: FeatureExtractor,
+    extractors: Sequence[FeatureExtractor],
     refs: Sequence[SampleRef],
-    size: int,
     batch_size: int = 8,
     progress: bool = True,
-) -> np.ndarray:
-    """(N, 784, D) float32 features of every sample, in order."""
-    return np.concatenate(
-        [f for _, _, f in iter_batches(extractor, refs, size, batch_size, progress, desc="train features")]
-    )
+) -> list[np.ndarray]:
+    """Each extractor's (N, 784, D) float32 features of every sample, in order."""
+    batches = [f for _, _, f in iter_batches(extractors, refs, batch_size, progress, desc="train features")]
+    return [np.concatenate([b[i] for b in batches]) for i in range(len(extractors))]

@@ -15,9 +15,9 @@ import numpy as np
 
 from patchbank import bank as bankfmt
 from patchbank.errors import NotFoundError, PatchbankError
-from patchbank.features import FeatureExtractor, create_extractor
+from patchbank.features import FeatureExtractor
 from patchbank.preprocess import Prepared
-from patchbank.scorer import BankScorer
+from patchbank.scorer import BankScorer, member_extractor
 
 log = logging.getLogger(__name__)
 
@@ -45,23 +45,21 @@ class BankRegistry:
     def reload(self, category: str, version: str | None = None) -> BankScorer:
         """Load (or re-load) a category's bank and swap it in; the old one keeps serving on failure."""
         bank = bankfmt.load_bank(self.banks, category, version, device=self.device)
-        scorer = BankScorer(bank, self._extractor_for(bank.manifest))
+        scorer = BankScorer(bank, [self._extractor_for(m) for m in bank.manifest.members])
         with self._lock:
             self._scorers[category] = scorer
             self.errors.pop(category, None)
-        log.info("loaded bank %s (%s, %d vectors)", bank.ref, bank.manifest.method, len(bank.index))
+        sizes = "+".join(str(len(ix)) for ix in bank.indices)
+        log.info("loaded bank %s (%s, %s vectors)", bank.ref, bank.manifest.method, sizes)
         return scorer
 
-    def _extractor_for(self, manifest: bankfmt.Manifest) -> FeatureExtractor:
-        key = manifest.features.model_dump_json() + "|" + (manifest.weights.params_sha256 or "")
+    def _extractor_for(self, member: bankfmt.Member) -> FeatureExtractor:
+        key = member.features.model_dump_json() + "|" + (member.weights.params_sha256 or "")
         with self._lock:
             cached = self._extractors.get(key)
         if cached is not None:
             return cached
-        f = manifest.features
-        extractor = create_extractor(
-            f.method, f.options, manifest.weights, self.device, self.weights_override
-        )
+        extractor = member_extractor(member, self.device, self.weights_override)
         with self._lock:
             return self._extractors.setdefault(key, extractor)
 

@@ -6,6 +6,9 @@
   over m_k the 2nd and 3rd of the 3 nearest bank vectors of m* (m* itself is the first);
 - map: patch scores (28 x 28) bilinearly upsampled to 224 x 224, then a Gaussian blur with sigma 4 in float
   (BTF blurs an 8-bit image: the one intended difference), optionally resized to the input's resolution.
+
+A bank with several members (late fusion) scores each member this way, then combines the members' scores
+with its fitted :class:`patchbank.fusion.Fusion`; a one-member bank's scores are exactly the above.
 """
 
 from __future__ import annotations
@@ -19,10 +22,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from patchbank.bank import Bank, Manifest, load_bank
+from patchbank.bank import Bank, Member, load_bank
 from patchbank.errors import BankError
-from patchbank.features import create_extractor
+from patchbank.features import create_extractor, resolve_options
 from patchbank.features.base import GRID, FeatureExtractor
+from patchbank.fusion import Fusion
 from patchbank.index import PatchIndex
 from patchbank.preprocess import IMAGE_SIZE, Prepared
 
@@ -41,6 +45,11 @@ class Scores:
     image: np.ndarray
     patches: np.ndarray
     maps: np.ndarray
+
+    @classmethod
+    def concat(cls, parts: Sequence[Scores]) -> Scores:
+        """The scores of several batches as one."""
+        return cls(*(np.concatenate([getattr(p, f) for p in parts]) for f in ("image", "patches", "maps")))
 
 
 def gaussian_kernel(sigma: float = BLUR_SIGMA) -> torch.Tensor:
@@ -153,41 +162,86 @@ def score_patches(
     return Scores(image=image_scores(index, patches, rows, dists), patches=grid, maps=maps)
 
 
-class BankScorer:
-    """A bank and the very extractor it was built with: scores prepared samples end to end."""
+def fuse(fusion: Fusion | None, members: Sequence[Scores]) -> Scores:
+    """One Scores from the members' (a single member's pass through unchanged)."""
+    if fusion is None:
+        if len(members) != 1:
+            raise ValueError(f"{len(members)} member scores but no fusion to combine them")
+        return members[0]
+    return Scores(
+        image=fusion.image.apply(np.stack([m.image for m in members])),
+        patches=fusion.pixel.apply(np.stack([m.patches for m in members])),
+        maps=fusion.pixel.apply(np.stack([m.maps for m in members])),
+    )
 
-    def __init__(self, bank: Bank, extractor: FeatureExtractor) -> None:
-        check_compatible(bank.manifest, extractor)
+
+class BankScorer:
+    """A bank and the very extractors it was built with (one per member): scores prepared samples."""
+
+    def __init__(self, bank: Bank, extractors: Sequence[FeatureExtractor]) -> None:
+        members = bank.manifest.members
+        if len(extractors) != len(members):
+            raise BankError(f"bank {bank.ref} has {len(members)} members but {len(extractors)} extractors")
+        for member, extractor in zip(members, extractors, strict=True):
+            check_compatible(bank.ref, member, extractor)
         self.bank = bank
-        self.extractor = extractor
+        self.extractors = list(extractors)
 
     @property
     def image_size(self) -> int:
-        return self.extractor.image_size
+        return self.extractors[0].image_size
+
+    def features(self, batch: Sequence[Prepared]) -> list[np.ndarray]:
+        """Each member's (B, 784, D_m) patch features of a batch."""
+        return [e.extract(batch) for e in self.extractors]
+
+    def member_scores(
+        self, features: Sequence[np.ndarray], exclude_rows: Sequence[list[np.ndarray]] | None = None
+    ) -> list[Scores]:
+        """Each member's raw scores (``exclude_rows``: per member, per sample, as :func:`nearest`)."""
+        excl = exclude_rows or [None] * len(features)
+        return [score_patches(ix, f, ex) for ix, f, ex in zip(self.bank.indices, features, excl, strict=True)]
+
+    def score_features(self, features: Sequence[np.ndarray]) -> Scores:
+        return fuse(self.bank.manifest.fusion, self.member_scores(features))
 
     def score(self, batch: Sequence[Prepared]) -> Scores:
-        return score_patches(self.bank.index, self.extractor.extract(batch))
+        return self.score_features(self.features(batch))
 
 
-def check_compatible(manifest: Manifest, extractor: FeatureExtractor) -> None:
-    """Refuse an extractor whose spec or weights differ from those the bank was built with."""
-    ref = f"{manifest.category}/{manifest.version}"
-    if extractor.spec != manifest.features:
+def check_same_size(extractors: Sequence[FeatureExtractor]) -> None:
+    """Members share one prepared sample, so they must share its resolution."""
+    sizes = {e.image_size for e in extractors}
+    if len(sizes) > 1:
+        raise BankError(f"the members of a method must share one input size, got {sorted(sizes)}")
+
+
+def check_compatible(ref: str, member: Member, extractor: FeatureExtractor) -> None:
+    """Refuse an extractor whose spec or weights differ from those the member bank was built with (options
+    added since the bank was written count at their defaults, which is what the bank was built with)."""
+    recorded = member.features
+    expected = recorded.model_copy(update={"options": resolve_options(recorded.method, recorded.options)})
+    if extractor.spec != expected:
         raise BankError(
-            f"bank {ref} was built with features {manifest.features.describe()} "
+            f"bank {ref} was built with features {member.features.describe()} "
             f"but the extractor is {extractor.spec.describe()}; rebuild the bank or use its extractor"
         )
-    if manifest.weights.params_sha256 != extractor.weights.params_sha256:
+    if member.weights.params_sha256 != extractor.weights.params_sha256:
         raise BankError(
-            f"bank {ref} was built with other backbone weights ({manifest.weights.kind}) than the extractor's"
+            f"bank {ref} was built with other backbone weights ({member.weights.kind}) than the extractor's"
         )
+
+
+def member_extractor(member: Member, device: str = "cpu", weights: str | None = None) -> FeatureExtractor:
+    """Exactly the extractor a member records (``weights``: a moved file of the same weights)."""
+    f = member.features
+    override = weights if member.weights.kind != "none" else None
+    return create_extractor(f.method, f.options, member.weights, device, override)
 
 
 def load_scorer(
     banks: Path, category: str, version: str | None = None, device: str = "cpu", weights: str | None = None
 ) -> BankScorer:
-    """Load a bank and rebuild exactly the extractor its manifest records (``weights``: a moved file)."""
+    """Load a bank and rebuild exactly the extractors its manifest records (``weights``: a moved file)."""
     bank = load_bank(banks, category, version, device=device)
-    m = bank.manifest
-    extractor = create_extractor(m.features.method, m.features.options, m.weights, device, weights)
-    return BankScorer(bank, extractor)
+    return BankScorer(bank, [member_extractor(m, device, weights) for m in bank.manifest.members])

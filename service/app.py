@@ -44,6 +44,7 @@ from service.models import (
     ErrorResponse,
     Health,
     MapFormat,
+    MemberInfo,
     Readiness,
     ScoreResponse,
 )
@@ -184,10 +185,16 @@ def category_info(scorer: BankScorer) -> CategoryInfo:
         name=m.category,
         method=m.method,
         bank_version=m.version,
-        bank_size=len(scorer.bank.index),
-        dim=m.features.dim,
+        bank_size=sum(len(ix) for ix in scorer.bank.indices),
+        dim=sum(member.features.dim for member in m.members),
+        members=[
+            MemberInfo(name=member.name, bank_size=len(ix), dim=member.features.dim)
+            for member, ix in zip(m.members, scorer.bank.indices, strict=True)
+        ],
+        fusion=m.fusion.rule if m.fusion else None,
         threshold=m.thresholds.image,
         pixel_threshold=m.thresholds.pixel,
+        calibration=m.calibration.model_dump() if m.calibration else None,
         evaluation=m.evaluation,
     )
 

@@ -53,14 +53,25 @@ class BatchResponse(BaseModel):
     results: list[ScoreResponse] = Field(description="one answer per sample, in request order")
 
 
+class MemberInfo(BaseModel):
+    name: str = Field(description="feature extractor of this member bank")
+    bank_size: int = Field(description="vectors in this member's bank")
+    dim: int = Field(description="its feature dimension")
+
+
 class CategoryInfo(BaseModel):
     name: str
-    method: str
+    method: str = Field(description="scoring method, e.g. rgb/fpfh (late fusion) or rgb+fpfh (one bank)")
     bank_version: str
-    bank_size: int = Field(description="vectors in the bank")
-    dim: int = Field(description="feature dimension")
+    bank_size: int = Field(description="vectors in the bank (all members)")
+    dim: int = Field(description="feature dimension (summed over members)")
+    members: list[MemberInfo] = Field(default_factory=list, description="one bank per member")
+    fusion: str | None = Field(None, description="how member scores combine: max or svm; None for one bank")
     threshold: float
     pixel_threshold: float
+    calibration: dict[str, Any] | None = Field(
+        None, description="how the thresholds were calibrated and the measured false-reject rate"
+    )
     evaluation: dict[str, Any] | None = Field(
         None, description="figures on the test split when the bank was built"
     )

@@ -11,7 +11,7 @@ import numpy as np
 from patchbank.decode import check_pair, decode_rgb, decode_xyz
 from patchbank.preprocess import prepare
 from patchbank.regions import find_regions, heatmap_png
-from patchbank.scorer import BankScorer, resize_map, score_patches
+from patchbank.scorer import BankScorer, resize_map
 from service.models import AnomalyMap, MapFormat, RegionOut, ScoreResponse, Timings
 
 
@@ -42,11 +42,11 @@ def score_uploads(scorer: BankScorer, uploads: list[Upload], map_format: MapForm
     decode_ms = _ms(t0)
 
     t1 = time.perf_counter()
-    feats = scorer.extractor.extract(prepared)
+    feats = scorer.features(prepared)
     features_ms = _ms(t1)
 
     t2 = time.perf_counter()
-    scores = score_patches(scorer.bank.index, feats)
+    scores = scorer.score_features(feats)
     search_ms = _ms(t2)
 
     t3 = time.perf_counter()

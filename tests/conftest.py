@@ -22,10 +22,10 @@ def _quiet_libraries() -> None:
 
 @pytest.fixture(scope="session")
 def demo_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Non-square (160 x 120) demo categories: 6 train, 2 validation, 1 test sample per kind."""
+    """Non-square (160 x 120) demo categories: 6 train, 4 validation, 1 test sample per kind."""
     root = tmp_path_factory.mktemp("data")
     generate(
-        root, [CATEGORY, OTHER], n_train=6, n_validation=2, n_test=1, size=(160, 120), seed=0, progress=False
+        root, [CATEGORY, OTHER], n_train=6, n_validation=4, n_test=1, size=(160, 120), seed=0, progress=False
     )
     return root
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -11,7 +12,9 @@ import pytest
 
 from bank_builder.build import BuildResult
 from patchbank import bank as bankfmt
+from patchbank.data import list_samples
 from patchbank.errors import BankError
+from patchbank.extract import load_prepared
 from patchbank.features import create_extractor
 from patchbank.scorer import BankScorer, load_scorer
 from tests.conftest import CATEGORY
@@ -31,23 +34,28 @@ def test_manifest_records_what_the_issue_asks(fpfh_build: tuple[Path, BuildResul
     m = result.manifest
     assert (m.category, m.version, m.method) == (CATEGORY, "v0001", "fpfh")
     assert bankfmt.active_version(banks, CATEGORY) == "v0001"
-    assert m.features.dim == 33 and m.coreset.n_patches == 6 * 784 and m.coreset.size == int(0.1 * 6 * 784)
-    assert m.coreset.spec.ratio == 0.1 and m.training.n_samples == 6 and len(m.training.digest) == 64
+    (member,) = m.members
+    assert m.fusion is None and member.index_file == bankfmt.INDEX_FILE
+    assert member.features.dim == 33 and member.coreset.n_patches == 6 * 784
+    assert member.coreset.size == int(0.1 * 6 * 784)
+    assert member.coreset.spec.ratio == 0.1 and m.training.n_samples == 6 and len(m.training.digest) == 64
     assert {"torch", "faiss-cpu", "open3d", "numpy"} <= set(m.libraries)
     assert set(m.files) == {bankfmt.INDEX_FILE}
-    assert m.score_stats.source == "validation" and m.score_stats.n == 2
+    assert m.score_stats.source == "validation" and m.score_stats.n == 4
     assert m.thresholds.image == pytest.approx(np.quantile(m.score_stats.image_scores, 0.99))
-    assert m.weights.kind == "none"
+    assert member.weights.kind == "none" and m.calibration is None
+    assert member.held_out is not None and member.held_out.image_scores == m.score_stats.image_scores
     on_disk = json.loads((banks / CATEGORY / "v0001" / bankfmt.MANIFEST).read_text())
-    assert on_disk["features"]["options"]["feature_radius"] == 0.25
+    assert on_disk["format_version"] == 2
+    assert on_disk["members"][0]["features"]["options"]["feature_radius"] == 0.25
 
 
 def test_loaded_bank_holds_the_training_patches(fpfh_build: tuple[Path, BuildResult]) -> None:
     banks, result = fpfh_build
-    loaded = bankfmt.load_bank(banks, CATEGORY)
-    assert len(loaded.index) == result.manifest.coreset.size
-    assert (loaded.index.ids >= 0).all() and (loaded.index.ids < 6 * 784).all()
-    assert loaded.index.ids[0] == 0  # greedy k-center starts at the first patch
+    (index,) = bankfmt.load_bank(banks, CATEGORY).indices
+    assert len(index) == result.manifest.members[0].coreset.size
+    assert (index.ids >= 0).all() and (index.ids < 6 * 784).all()
+    assert index.ids[0] == 0  # greedy k-center starts at the first patch
 
 
 @pytest.mark.parametrize("victim", [bankfmt.INDEX_FILE, bankfmt.MANIFEST])
@@ -76,19 +84,49 @@ def test_another_feature_spec_is_refused(fpfh_build: tuple[Path, BuildResult]) -
     with pytest.raises(
         BankError, match=r"built with features fpfh\(.*feature_radius=0.25.*but the extractor is"
     ):
-        BankScorer(bank, other)
+        BankScorer(bank, [other])
 
 
 def test_a_tampered_spec_with_fixed_checksums_is_refused(banks_copy: Path) -> None:
     """Rewriting the manifest consistently (new checksum) still cannot make the index another method's."""
     vdir = banks_copy / CATEGORY / "v0001"
     data = json.loads((vdir / bankfmt.MANIFEST).read_text())
-    data["features"]["dim"] = 1569
-    data["method"] = data["features"]["method"] = "rgb+fpfh"
+    features = data["members"][0]["features"]
+    features["dim"] = 1569
+    data["method"] = features["method"] = "rgb+fpfh"
     manifest = bankfmt.Manifest.model_validate(data)
     bankfmt.write_version(banks_copy, manifest, bankfmt.copy_files_from(vdir))
-    with pytest.raises(BankError, match=r"index holds .* x 33, manifest says .* x 1569"):
+    with pytest.raises(BankError, match=r"index.faiss holds .* x 33, manifest says .* x 1569"):
         load_scorer(banks_copy, CATEGORY)
+
+
+def test_a_format_1_bank_still_loads_and_scores_alike(banks_copy: Path, demo_root: Path) -> None:
+    """A bank written before late fusion (format 1: features, weights, index and coreset at the top) is read
+    as a one-member bank and scores exactly as the same bank in format 2."""
+    vdir = banks_copy / CATEGORY / "v0001"
+    data = json.loads((vdir / bankfmt.MANIFEST).read_text())
+    member = data.pop("members")[0]
+    data.update(
+        format_version=1,
+        features=member["features"],
+        weights=member["weights"],
+        index_kind=member["index_kind"],
+        coreset=member["coreset"],
+    )
+    for key in ("fusion", "calibration"):
+        data.pop(key)
+    old = banks_copy / CATEGORY / "v0009"
+    shutil.copytree(vdir, old)
+    data["version"] = "v0009"
+    text = json.dumps(data, indent=2)
+    (old / bankfmt.MANIFEST).write_text(text)
+    (old / bankfmt.MANIFEST_SUM).write_text(hashlib.sha256(text.encode()).hexdigest() + "\n")
+    sample = list_samples(demo_root, CATEGORY, "test")[-1]
+    prepared = [load_prepared(sample, 224)]
+    new_scores = load_scorer(banks_copy, CATEGORY, "v0001").score(prepared)
+    old_scorer = load_scorer(banks_copy, CATEGORY, "v0009")
+    assert old_scorer.bank.manifest.members[0].features.method == "fpfh"
+    np.testing.assert_array_equal(old_scorer.score(prepared).maps, new_scores.maps)
 
 
 def test_versions_are_new_directories_and_writes_are_atomic(banks_copy: Path) -> None:

@@ -57,7 +57,13 @@ def test_user_errors_exit_2_with_one_line(
             [*base, "--method", "fpfh", "--backbone", "resnet18"],
             "--backbone/--layers/--precision apply to rgb",
         ),
-        ([*base, "--method", "rgb", "--fpfh-neighbours", "kdtree"], "--fpfh-neighbours applies to fpfh"),
+        ([*base, "--method", "rgb", "--fpfh-neighbours", "kdtree"], "--fpfh-neighbours/--background apply"),
+        ([*base, "--method", "rgb", "--background", "plane"], "--fpfh-neighbours/--background apply"),
+        ([*base, "--method", "rgb/fpfh", "--normalise", "modality"], "--normalise applies to the rgb+fpfh"),
+        ([*base, "--method", "rgb/nope"], "unknown method 'rgb/nope': nope is not a feature extractor"),
+        ([*base, "--method", "fpfh@svm"], "a fusion rule needs two or more members"),
+        ([*base, "--method", "rgb/fpfh@mean"], "unknown fusion rule 'mean'"),
+        ([*base, "--target-frr", "1.5"], "--target-frr must be between 0 and 1"),
         ([*base, "--method", "rgb", "--weights", str(tmp_path / "nope.pt")], "weights file not found"),
     ]
     for argv, message in cases:
@@ -91,25 +97,26 @@ def test_build_options_reach_the_manifest(demo_root: Path, tmp_path: Path) -> No
     banks = tmp_path / "banks"
     argv = ["--category", CATEGORY, "--data-root", str(demo_root), "--banks", str(banks), "--method", "fpfh"]
     assert build_bank_main([*argv, "--fpfh-neighbours", "kdtree", "--index", "hnsw", "--quiet"]) == 0
-    manifest = json.loads((banks / CATEGORY / "v0001" / "manifest.json").read_text())
-    assert manifest["features"]["options"]["neighbours"] == "kdtree" and manifest["index_kind"] == "hnsw"
+    (member,) = json.loads((banks / CATEGORY / "v0001" / "manifest.json").read_text())["members"]
+    assert member["features"]["options"]["neighbours"] == "kdtree" and member["index_kind"] == "hnsw"
     scorer = load_scorer(banks, CATEGORY)
-    assert scorer.extractor.backend == "open3d" and scorer.bank.index.kind == "hnsw"
+    assert scorer.extractors[0].backend == "open3d" and scorer.bank.indices[0].kind == "hnsw"
 
 
 @pytest.mark.slow
 def test_rgb_fpfh_random_weights_build_and_evaluate(
     demo_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """The default method and backbone (wide_resnet50_2), randomly initialised on purpose: no weights here."""
+    """BTF's rgb+fpfh with the default backbone (wide_resnet50_2), randomly initialised on purpose: no
+    weights here."""
     banks = tmp_path / "banks"
     common = ["--category", CATEGORY, "--data-root", str(demo_root), "--banks", str(banks), "--quiet"]
-    assert build_bank_main([*common, "--random-weights", "0"]) == 0
+    assert build_bank_main([*common, "--method", "rgb+fpfh", "--random-weights", "0"]) == 0
     out = capsys.readouterr().out
-    assert "(rgb+fpfh)" in out and "dim 1569" in out
-    manifest = json.loads((banks / CATEGORY / "v0001" / "manifest.json").read_text())
-    assert manifest["weights"]["kind"] == "random" and manifest["weights"]["seed"] == 0
-    assert manifest["features"]["options"]["rgb"]["backbone"] == "wide_resnet50_2"
+    assert "(rgb+fpfh)" in out and "x 1569-d" in out
+    (member,) = json.loads((banks / CATEGORY / "v0001" / "manifest.json").read_text())["members"]
+    assert member["weights"]["kind"] == "random" and member["weights"]["seed"] == 0
+    assert member["features"]["options"]["rgb"]["backbone"] == "wide_resnet50_2"
     assert evaluate_main([*common, "--json", str(tmp_path / "e.json")]) == 0
     ev = json.loads((tmp_path / "e.json").read_text())
     assert ev["method"] == "rgb+fpfh" and 0.0 <= ev["au_pro"] <= 1.0

@@ -71,6 +71,7 @@ def test_fpfh_matches_plain_open3d_recipe(demo_root: Path) -> None:
         "feature_max_nn": 100,
         "neighbours": "kdtree",
         "window": 10,
+        "background": None,
     }
 
 

@@ -11,6 +11,9 @@ Where the neighbours come from (``neighbours``):
   nearest neighbours, which on a camera's organized cloud is nearly everywhere (``bench`` prints the metrics
   of both).
 - ``kdtree``: Open3D's KD-tree, BTF's recipe as published (the reference path).
+
+``background`` (off by default) first removes the background plane and stray clusters from every cloud
+(M3DM's preprocessing, :mod:`patchbank.background`), the same way for every backend.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
+from patchbank.background import BackgroundOptions, remove_background
 from patchbank.features.base import FeatureExtractor, FeatureSpec, register, to_grid
 from patchbank.preprocess import Prepared, valid_points
 from patchbank.weights import WeightsIdentity, WeightsRequest
@@ -40,6 +44,9 @@ class FPFHOptions(BaseModel):
         "grid", description="grid: nearest points in a pixel window (fast); kdtree: Open3D's KD-tree (BTF)"
     )
     window: int = Field(10, ge=1, le=32, description="grid: half-width of the pixel window")
+    background: BackgroundOptions | None = Field(
+        None, description="remove the background plane before FPFH (RANSAC + DBSCAN); None keeps every point"
+    )
 
 
 def fpfh_map(xyz: np.ndarray, opts: FPFHOptions) -> np.ndarray:
@@ -77,7 +84,7 @@ class FPFHExtractor(FeatureExtractor):
 
     def __init__(self, options: dict[str, Any], device: str = "cpu") -> None:
         self.opts = FPFHOptions(**options)
-        self.spec = FeatureSpec(method=self.name, options=self.opts.model_dump(), dim=FPFH_DIM)
+        self.spec = FeatureSpec(method=self.name, options=self.opts.model_dump(mode="json"), dim=FPFH_DIM)
         self.device = torch.device(device)
         self.backend = self._backend()
 
@@ -86,21 +93,27 @@ class FPFHExtractor(FeatureExtractor):
             return "open3d"
         return "numba" if self.device.type == "cpu" and _numba_available() else "torch"
 
+    def clouds(self, batch: Sequence[Prepared]) -> list[np.ndarray]:
+        """The (S, S, 3) clouds FPFH sees: the samples' own, or with their background removed."""
+        bg = self.opts.background
+        return [p.xyz if bg is None else remove_background(p.xyz, bg) for p in batch]
+
     def grid_maps(self, batch: Sequence[Prepared]) -> torch.Tensor:
         """(B, 33, 28, 28) pooled FPFH maps, float64 (as Open3D's descriptors), on the extractor's device."""
         o = self.opts
         args = (o.normal_radius, o.normal_max_nn, o.feature_radius, o.feature_max_nn, o.window)
+        clouds = self.clouds(batch)
         if self.backend == "torch":
             from patchbank.features.fpfh_torch import grid_fpfh_torch
 
-            xyz = torch.from_numpy(np.stack([p.xyz for p in batch])).to(self.device, torch.float64)
+            xyz = torch.from_numpy(np.stack(clouds)).to(self.device, torch.float64)
             return to_grid(grid_fpfh_torch(xyz, *args))
         if self.backend == "numba":
             from patchbank.features.fpfh_numba import grid_fpfh
 
-            maps = np.stack([grid_fpfh(p.xyz, *args) for p in batch])
+            maps = np.stack([grid_fpfh(xyz, *args) for xyz in clouds])
         else:
-            maps = np.stack([fpfh_map(p.xyz, o) for p in batch])
+            maps = np.stack([fpfh_map(xyz, o) for xyz in clouds])
         return to_grid(torch.from_numpy(maps))
 
 

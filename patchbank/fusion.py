@@ -1,0 +1,141 @@
+"""Late fusion of several banks' scores (one bank per modality), fitted on held-out good parts.
+
+Each member bank scores a sample on its own scale (an RGB bank's distances are in the tens, an FPFH
+bank's in the hundreds). Before they are combined, each member's scores are aligned as in Shape-Guided
+(Chu et al., ICML 2023): on held-out good parts, the interval mean +- 3 std of the member's scores is mapped
+onto [0, 1], ``aligned = (s - (mean - 3 std)) / (6 std)``. Image scores use the mean and std of the held-out
+image scores; anomaly maps (and the 28 x 28 patch grids) use those of every held-out map pixel. A good part
+then scores about 0.5 in every member, and anything above 1 is more than 3 std beyond the goods.
+
+Rules (``Fusion.rule``):
+
+- ``max`` (the default): the fused map is the pixelwise maximum of the aligned maps, and the fused image
+  score the maximum of the aligned image scores: a part is as anomalous as its most anomalous modality, so a
+  colour-only stain (seen by RGB) and a shallow dent (seen by 3D) both come through at full strength.
+- ``svm``: M3DM's decision-layer fusion. A linear one-class SVM (scikit-learn's ``SGDOneClassSVM``,
+  nu 0.5, as M3DM) is fitted on the aligned per-bank image scores of the held-out goods, another on a sample
+  of their aligned pixel scores; the fused score is the SVM's ``score_samples``, ``w . aligned`` (as M3DM
+  uses it: a learned weighting of the members). Its own decision boundary is not used: the bank's
+  calibrated threshold decides.
+
+Everything fitted is a handful of floats stored in the manifest: no pickle.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+FusionRule = Literal["max", "svm"]
+FUSION_RULES: tuple[str, ...] = ("max", "svm")
+SPREAD = 3.0  # Shape-Guided's mean +- 3 std
+PIXELS_PER_SAMPLE = 4096  # pixels of each held-out map the pixel SVM is fitted on
+MIN_STD = 1e-12
+
+
+class Alignment(BaseModel):
+    """``aligned = (score - low) / (high - low)``, [low, high] = mean -+ 3 std of held-out good scores."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    low: float
+    high: float
+
+    @classmethod
+    def fit(cls, scores: np.ndarray) -> Alignment:
+        mean, std = float(np.mean(scores)), max(float(np.std(scores)), MIN_STD)
+        return cls(low=mean - SPREAD * std, high=mean + SPREAD * std)
+
+    def apply(self, scores: np.ndarray) -> np.ndarray:
+        return (np.asarray(scores, dtype=np.float64) - self.low) / (self.high - self.low)
+
+
+class LinearSVM(BaseModel):
+    """A fitted linear one-class SVM's weights: ``score = coef . x``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    coef: list[float]
+    offset: float = Field(description="the SVM's offset (its decision boundary; recorded, not used)")
+
+    @classmethod
+    def fit(cls, x: np.ndarray, seed: int = 0) -> LinearSVM:
+        """x: (n, M) aligned member scores of good samples (or pixels)."""
+        from sklearn.linear_model import SGDOneClassSVM
+
+        svm = SGDOneClassSVM(nu=0.5, shuffle=True, fit_intercept=True, random_state=seed, tol=1e-6)
+        svm.fit(x)
+        return cls(coef=[float(c) for c in svm.coef_], offset=float(np.ravel(svm.offset_)[0]))
+
+    def apply(self, x: np.ndarray) -> np.ndarray:
+        """(..., M) -> (...) fused scores."""
+        return np.asarray(x, dtype=np.float64) @ np.asarray(self.coef)
+
+
+class FusionPart(BaseModel):
+    """How one kind of score (image scores, or maps) of the members becomes one score."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    alignments: list[Alignment] = Field(description="one per member, in member order")
+    svm: LinearSVM | None = Field(None, description="rule svm: the fitted weights")
+
+    def apply(self, scores: np.ndarray) -> np.ndarray:
+        """(M, ...) raw member scores -> (...) fused float32 scores."""
+        aligned = np.stack([a.apply(s) for a, s in zip(self.alignments, scores, strict=True)])
+        if self.svm is None:
+            return aligned.max(axis=0).astype(np.float32)
+        return self.svm.apply(np.moveaxis(aligned, 0, -1)).astype(np.float32)
+
+
+class Fusion(BaseModel):
+    """The fitted late fusion of a bank with several members (see the module docstring)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    rule: FusionRule
+    image: FusionPart
+    pixel: FusionPart
+    source: str = Field(description="the held-out good parts it was fitted on")
+    n: int = Field(description="how many")
+
+
+def fit_image(rule: FusionRule, image: np.ndarray, seed: int = 0) -> FusionPart:
+    """The image part of a fusion from (M, n) raw member image scores of held-out goods."""
+    alignments = [Alignment.fit(s) for s in image]
+    part = FusionPart(alignments=alignments)
+    if rule == "svm":
+        aligned = np.stack([a.apply(s) for a, s in zip(alignments, image, strict=True)], axis=1)
+        part = FusionPart(alignments=alignments, svm=LinearSVM.fit(aligned, seed))
+    return part
+
+
+def fit_pixel(rule: FusionRule, maps: np.ndarray, seed: int = 0) -> FusionPart:
+    """The map part of a fusion from (M, n, H, W) raw member maps of held-out goods."""
+    m, n = maps.shape[:2]
+    flat = maps.reshape(m, n, -1)
+    alignments = [Alignment.fit(f) for f in flat]
+    if rule != "svm":
+        return FusionPart(alignments=alignments)
+    rng = np.random.default_rng(seed)
+    cols = rng.choice(flat.shape[2], size=min(PIXELS_PER_SAMPLE, flat.shape[2]), replace=False)
+    sample = flat[:, :, cols].reshape(m, -1)  # the same pixels in every member
+    aligned = np.stack([a.apply(s) for a, s in zip(alignments, sample, strict=True)], axis=1)
+    return FusionPart(alignments=alignments, svm=LinearSVM.fit(aligned, seed))
+
+
+def fit_fusion(rule: FusionRule, image: np.ndarray, maps: np.ndarray, source: str, seed: int = 0) -> Fusion:
+    """Fit both parts on held-out goods: image (M, n) raw image scores, maps (M, n, H, W) raw maps."""
+    if rule not in FUSION_RULES:
+        raise ValueError(f"unknown fusion rule {rule!r}; known: {', '.join(FUSION_RULES)}")
+    if image.shape[0] < 2 or image.shape[1] < 2:
+        raise ValueError(f"fusion needs 2+ members and 2+ held-out goods, got {image.shape}")
+    return Fusion(
+        rule=rule,
+        image=fit_image(rule, image, seed),
+        pixel=fit_pixel(rule, maps, seed),
+        source=source,
+        n=int(image.shape[1]),
+    )

@@ -1,0 +1,63 @@
+"""Scoring methods by name: which banks a method keeps and how their scores combine.
+
+A method name is one or more feature extractors (:mod:`patchbank.features`):
+
+- ``fpfh``, ``rgb``, ``dino``, ``rgb+fpfh``: one bank of that extractor's patch features (``rgb+fpfh`` is
+  BTF's per-patch concatenation, a single bank);
+- ``rgb/fpfh``, ``dino/fpfh``, ...: late fusion, one bank per extractor, their scores aligned and combined
+  (:mod:`patchbank.fusion`); the rule is ``max`` unless the name ends in ``@svm`` (``rgb/fpfh@svm``, M3DM's
+  one-class-SVM fusion).
+
+``rgb/fpfh`` is the default: on the demo data it beats BTF's concatenation on every defect kind (see
+docs/BENCHMARKS.md), because each bank keeps its own modality's strength instead of one drowning the other.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from patchbank.errors import InputError
+from patchbank.features import list_extractors
+from patchbank.fusion import FUSION_RULES, FusionRule
+
+DEFAULT_METHOD = "rgb/fpfh"
+MEMBER_SEP = "/"
+RULE_SEP = "@"
+
+
+@dataclass(frozen=True)
+class Method:
+    """A parsed method name: its member extractors, in order, and the fusion rule (None: one bank)."""
+
+    name: str
+    members: tuple[str, ...]
+    fusion: FusionRule | None
+
+    @property
+    def needs_rgb_weights(self) -> bool:
+        return any(m != "fpfh" for m in self.members)
+
+
+def parse_method(name: str) -> Method:
+    """``rgb/fpfh@svm`` -> Method(members=("rgb", "fpfh"), fusion="svm"); InputError naming what is wrong."""
+    text = name.strip()
+    base, sep, rule = text.partition(RULE_SEP)
+    members = tuple(m.strip() for m in base.split(MEMBER_SEP))
+    known = list_extractors()
+    unknown = [m for m in members if m not in known]
+    if unknown or not all(members):
+        raise InputError(
+            f"unknown method {name!r}: {', '.join(unknown) or 'an empty member'} is not a feature extractor "
+            f"(known: {', '.join(known)}; join them with {MEMBER_SEP!r} for late fusion, e.g. {DEFAULT_METHOD})"
+        )
+    if len(set(members)) != len(members):
+        raise InputError(f"method {name!r} names a member twice")
+    if len(members) == 1:
+        if sep:
+            raise InputError(f"method {name!r}: a fusion rule needs two or more members, e.g. rgb/fpfh@svm")
+        return Method(text, members, None)
+    rule = rule or "max"
+    if rule not in FUSION_RULES:
+        raise InputError(f"method {name!r}: unknown fusion rule {rule!r}; known: {', '.join(FUSION_RULES)}")
+    canonical = MEMBER_SEP.join(members) + ("" if rule == "max" else RULE_SEP + rule)
+    return Method(canonical, members, rule)  # type: ignore[arg-type]
