@@ -4,10 +4,10 @@ Three sources, recorded in the bank manifest as a :class:`WeightsIdentity`:
 
 - ``pretrained``: timm's own pretrained loading (Hugging Face hub, URL, or the local hub cache when
   ``HF_HUB_OFFLINE=1``), with a named tag (``wide_resnet50_2.tv_in1k`` by default: torchvision's ImageNet
-  weights, the ones PatchCore and BTF used);
+  weights, the ones PatchCore and BTF used; ``vit_base_patch8_224.dino`` for ``dino``, as M3DM);
 - ``file``: a local state dict of the full model (``.safetensors``, or ``.pt``/``.pth`` read with
-  ``torch.load(weights_only=True)``); keys the feature model does not use (``fc.*``, ``layer4.*``) are
-  ignored, missing ones are an error;
+  ``torch.load(weights_only=True)``); keys the feature model does not use (``fc.*``, ``layer4.*``,
+  a ViT's ``head.*``) are ignored, missing ones are an error;
 - ``random``: a seeded random initialisation, an explicit and logged opt-in for tests and demos.
 
 Whatever the source, the loaded parameters are hashed; rebuilding an extractor from a manifest refuses
@@ -37,6 +37,7 @@ DEFAULT_PRETRAINED_TAGS: dict[str, str] = {
     "wide_resnet50_2": "tv_in1k",
     "resnet18": "tv_in1k",
     "resnet50": "tv_in1k",
+    "vit_base_patch8_224": "dino",  # M3DM's RGB backbone (timm's own default tag is a supervised one)
 }
 WEIGHT_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin")
 

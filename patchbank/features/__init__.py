@@ -1,6 +1,6 @@
-"""Feature extractors by name: ``fpfh``, ``rgb``, ``rgb+fpfh`` (see :mod:`patchbank.features.base`)."""
+"""Feature extractors by name: ``fpfh``, ``rgb``, ``dino``, ``rgb+fpfh`` (see :mod:`.base`)."""
 
-from patchbank.features import fpfh, fused, rgb  # noqa: F401  (registers the extractors)
+from patchbank.features import dino, fpfh, fused, rgb  # noqa: F401  (registers the extractors)
 from patchbank.features.base import (
     GRID,
     FeatureExtractor,

@@ -2,14 +2,20 @@
 
 Default: ``wide_resnet50_2`` features_only, layers 2 and 3 (512 + 1024 = 1536-d at 224 x 224 input).
 Weights come from :mod:`patchbank.weights` (pretrained tag, local file, or explicit random init).
+
+The same machinery serves Vision Transformers (see :mod:`patchbank.features.dino`): timm's features_only
+wraps a ViT in ``FeatureGetterNet``, which returns the patch tokens of the chosen blocks as NCHW maps (class
+token dropped), truncates the blocks after the last one chosen, drops the head, and holds the model under
+``model.``; a full model's state dict is loaded into that inner model, so its key names match.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from contextlib import nullcontext
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal, Self
 
 import numpy as np
 import torch
@@ -44,15 +50,34 @@ class RGBOptions(BaseModel):
         description="backbone arithmetic: fp32, or bf16 autocast (faster on CPUs with AVX512-BF16/AMX and GPUs)",
     )
 
+    def wants_final_norm(self) -> bool:
+        """Whether the backbone's final norm is applied to the features taken: never for ``rgb`` (CNN layers
+        are taken as they are); ViT options (``dino``) override this."""
+        return False
+
 
 def _create(opts: RGBOptions, pretrained: bool = False, tag: str | None = None) -> torch.nn.Module:
+    """The feature model: timm features_only, or, when the final norm is wanted, the full model wrapped in
+    the very class features_only uses for ViTs with its ``norm`` switch on (``create_model`` has no way to
+    ask for it: features_only prunes the final norm)."""
     import timm
 
     name = f"{opts.backbone}.{tag}" if tag else opts.backbone
-    if not pretrained:
-        return timm.create_model(name, features_only=True, out_indices=opts.layers)
-    with hub_offline_when_unreachable():
-        return timm.create_model(name, pretrained=True, features_only=True, out_indices=opts.layers)
+    with hub_offline_when_unreachable() if pretrained else nullcontext():
+        if opts.wants_final_norm():
+            from timm.models._features import FeatureGetterNet
+
+            full = timm.create_model(name, pretrained=pretrained)
+            return FeatureGetterNet(full, out_indices=list(opts.layers), norm=True)
+        return timm.create_model(name, pretrained=pretrained, features_only=True, out_indices=opts.layers)
+
+
+def _state_dict_owner(model: torch.nn.Module) -> torch.nn.Module:
+    """The module whose state-dict keys are a full model's: a ViT feature model (``FeatureGetterNet``) holds
+    the truncated model under ``model.``; CNN feature models (``FeatureListNet``) keep the full names."""
+    from timm.models._features import FeatureGetterNet
+
+    return model.model if isinstance(model, FeatureGetterNet) else model
 
 
 def build_backbone(opts: RGBOptions, request: WeightsRequest) -> tuple[torch.nn.Module, WeightsIdentity]:
@@ -76,8 +101,10 @@ def build_backbone(opts: RGBOptions, request: WeightsRequest) -> tuple[torch.nn.
 
 
 def _from_file(opts: RGBOptions, path: Path) -> torch.nn.Module:
+    """A feature model with a local state dict of the full model loaded: the tensors it keeps must all be
+    there with their shapes (the head and the layers or blocks it dropped are ignored)."""
     model = _create(opts)
-    load_into(model, read_state_dict(path), path)
+    load_into(_state_dict_owner(model), read_state_dict(path), path)
     return model
 
 
@@ -128,7 +155,7 @@ def rebuild_backbone(opts: RGBOptions, ident: WeightsIdentity, override: str | N
     elif ident.kind == "pretrained" and ident.tag is not None:
         model = _pretrained(opts, ident.tag)
     else:
-        raise WeightsError(f"an rgb extractor needs weights; the bank records {ident.kind!r}")
+        raise WeightsError(f"a {opts.backbone} backbone needs weights; the bank records {ident.kind!r}")
     digest = params_sha256(model)
     if ident.params_sha256 is not None and digest != ident.params_sha256:
         raise WeightsError(
@@ -139,10 +166,13 @@ def rebuild_backbone(opts: RGBOptions, ident: WeightsIdentity, override: str | N
 
 
 class RGBExtractor(FeatureExtractor):
+    """A timm backbone's intermediate features; subclasses (``dino``) change the name and the options."""
+
     name = "rgb"
+    options_model: ClassVar[type[RGBOptions]] = RGBOptions
 
     def __init__(self, options: dict[str, Any], model: torch.nn.Module, ident: WeightsIdentity, device: str):
-        self.opts = RGBOptions(**options)
+        self.opts = self.options_model(**options)
         self.image_size = self.opts.image_size
         self.device = torch.device(device)
         self.model = model.eval().to(self.device)
@@ -162,6 +192,21 @@ class RGBExtractor(FeatureExtractor):
             maps = [to_grid(f.float()) for f in self.model(x)]
         return torch.cat(maps, dim=1)
 
+    @classmethod
+    def create(
+        cls,
+        options: dict[str, Any],
+        weights: WeightsRequest | WeightsIdentity | None,
+        device: str,
+        override: str | None,
+    ) -> Self:
+        """The registry factory: build the backbone from a request, or rebuild it from a recorded identity."""
+        opts = cls.options_model(**options)
+        if isinstance(weights, WeightsIdentity):
+            return cls(options, rebuild_backbone(opts, weights, override), weights, device)
+        model, ident = build_backbone(opts, weights or WeightsRequest())
+        return cls(options, model, ident, device)
+
 
 def make_rgb(
     options: dict[str, Any],
@@ -169,11 +214,7 @@ def make_rgb(
     device: str,
     override: str | None,
 ) -> RGBExtractor:
-    opts = RGBOptions(**options)
-    if isinstance(weights, WeightsIdentity):
-        return RGBExtractor(options, rebuild_backbone(opts, weights, override), weights, device)
-    model, ident = build_backbone(opts, weights or WeightsRequest())
-    return RGBExtractor(options, model, ident, device)
+    return RGBExtractor.create(options, weights, device, override)
 
 
 register("rgb", RGBOptions)(make_rgb)
