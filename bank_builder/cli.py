@@ -152,7 +152,9 @@ def build_bank_main(argv: Sequence[str] | None = None) -> int:
     return run(_build_bank, build_bank_parser(), argv)
 
 
-def build_request(args: argparse.Namespace, method: str, **overrides: Any) -> BuildRequest:
+def build_request(
+    args: argparse.Namespace, method: str, strict: bool = True, **overrides: Any
+) -> BuildRequest:
     """A BuildRequest from build-bank's (or compare's) arguments, settings filling the gaps."""
     from bank_builder.build import BuildRequest
     from patchbank.config import Settings, default_device, require
@@ -170,7 +172,7 @@ def build_request(args: argparse.Namespace, method: str, **overrides: Any) -> Bu
         data_root=require(args.data_root or s.data_root, "data root", "--data-root", "PATCHBANK_DATA_ROOT"),
         banks=require(args.banks or s.banks, "banks directory", "--banks", "PATCHBANK_BANKS"),
         method=parsed.name,
-        options=member_options(parsed.members, args),
+        options=member_options(parsed.members, args, strict),
         coreset=_coreset(args.coreset_ratio, args.seed),
         index_kind=args.index,
         weights=WeightsRequest(path=weights, random_seed=args.random_weights),
@@ -249,8 +251,11 @@ def _publish_bank(args: argparse.Namespace) -> int:
 RGB_MEMBERS = ("rgb", "dino")
 
 
-def member_options(members: Sequence[str], args: argparse.Namespace) -> dict[str, dict[str, Any]]:
-    """Each member extractor's options from the feature flags (refused where no member takes them)."""
+def member_options(
+    members: Sequence[str], args: argparse.Namespace, strict: bool = True
+) -> dict[str, dict[str, Any]]:
+    """Each member extractor's options from the feature flags; ``strict``: refused where no member takes
+    them (compare checks that against all its methods at once, then builds each with what applies)."""
     rgb: dict[str, Any] = {}
     if args.backbone:
         rgb["backbone"] = args.backbone
@@ -268,11 +273,11 @@ def member_options(members: Sequence[str], args: argparse.Namespace) -> dict[str
         fpfh["background"] = {}
     has_rgb = any(m in RGB_MEMBERS or m == "rgb+fpfh" for m in members)
     has_fpfh = any("fpfh" in m for m in members)
-    if rgb and not has_rgb:
+    if strict and rgb and not has_rgb:
         raise InputError(f"--backbone/--layers/--precision apply to rgb methods, not {'/'.join(members)}")
-    if fpfh and not has_fpfh:
+    if strict and fpfh and not has_fpfh:
         raise InputError(f"--fpfh-neighbours/--background apply to fpfh methods, not {'/'.join(members)}")
-    if args.normalise and "rgb+fpfh" not in members:
+    if strict and args.normalise and "rgb+fpfh" not in members:
         raise InputError("--normalise applies to the rgb+fpfh concatenation")
     out: dict[str, dict[str, Any]] = {}
     for m in members:
@@ -565,10 +570,9 @@ def _compare(args: argparse.Namespace) -> int:
 
     methods = _split(args.methods, "--methods")
     results = []
+    member_options([m for method in methods for m in _members(method)], args)  # flags no method takes
     for method in methods:
-        member_options(_members(method), args)  # refuse flags that fit no method before building any
-    for method in methods:
-        result = build_bank(build_request(args, method, calibrate=True, activate=False))
+        result = build_bank(build_request(args, method, strict=False, calibrate=True, activate=False))
         if result.evaluation is None:
             raise InputError(f"category {args.category!r} has no test split to compare on")
         results.append(result.evaluation)

@@ -32,7 +32,7 @@ FusionRule = Literal["max", "svm"]
 FUSION_RULES: tuple[str, ...] = ("max", "svm")
 SPREAD = 3.0  # Shape-Guided's mean +- 3 std
 PIXELS_PER_SAMPLE = 4096  # pixels of each held-out map the pixel SVM is fitted on
-MIN_STD = 1e-12
+MIN_STD = 1e-9  # relative to the scores' magnitude: a member whose goods all score alike
 
 
 class Alignment(BaseModel):
@@ -45,7 +45,9 @@ class Alignment(BaseModel):
 
     @classmethod
     def fit(cls, scores: np.ndarray) -> Alignment:
-        mean, std = float(np.mean(scores)), max(float(np.std(scores)), MIN_STD)
+        x = np.asarray(scores, dtype=np.float64)
+        mean = float(x.mean())
+        std = max(float(x.std()), MIN_STD * max(1.0, abs(mean)))
         return cls(low=mean - SPREAD * std, high=mean + SPREAD * std)
 
     def apply(self, scores: np.ndarray) -> np.ndarray:
