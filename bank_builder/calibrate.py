@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from bank_builder.evaluate import Evaluation, at_threshold
 from bank_builder.thresholds import (
     FRREstimate,
     clopper_pearson,
@@ -208,22 +209,12 @@ def calibrate_f1(
     )
 
 
-def with_decisions(evaluation: dict[str, object] | None, threshold: float) -> dict[str, object] | None:
-    """A stored evaluation's false-reject and miss rates recomputed at a new threshold (from its scores)."""
+def _at_threshold(evaluation: dict[str, object] | None, threshold: float) -> dict[str, object] | None:
+    """A stored evaluation's decision rates recomputed at a new threshold (from its per-sample scores)."""
     if not evaluation or not evaluation.get("scores"):
         return evaluation
-    scores = evaluation["scores"]
-    assert isinstance(scores, list)
-    good = [s["image_score"] > threshold for s in scores if s["kind"] == "good"]
-    bad = [s["image_score"] <= threshold for s in scores if s["kind"] != "good"]
-    out = dict(evaluation)
-    out.update(
-        threshold=threshold,
-        false_reject_rate=float(np.mean(good)) if good else 0.0,
-        miss_rate=float(np.mean(bad)) if bad else 0.0,
-        scores=[{**s, "is_anomalous": s["image_score"] > threshold} for s in scores],
-    )
-    return out
+    ev = Evaluation.model_validate({"category": "", "bank_version": "", **evaluation})
+    return at_threshold(ev, threshold).model_dump(exclude={"category", "bank_version"})
 
 
 def calibrate_version(
@@ -253,7 +244,7 @@ def calibrate_version(
         update={
             "parent": source,
             "created_at": bankfmt.now_utc(),
-            "evaluation": with_decisions(manifest.evaluation, manifest.thresholds.image),
+            "evaluation": _at_threshold(manifest.evaluation, manifest.thresholds.image),
         }
     )
     return bankfmt.write_version(banks, manifest, bankfmt.copy_files_from(vdir), activate=activate)

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 import numpy as np
 from pydantic import BaseModel, Field
 
+from bank_builder.thresholds import clopper_pearson
 from patchbank.bank import Calibration
 from patchbank.data import GOOD, SampleRef, read_mask
 from patchbank.errors import InputError
@@ -44,6 +45,9 @@ class Evaluation(BaseModel):
     per_defect: dict[str, Figures]
     threshold: float
     false_reject_rate: float = Field(description="good test samples scored above the threshold")
+    false_reject_ci: tuple[float, float] = Field(
+        (0.0, 1.0), description="its 95% Clopper-Pearson interval (the test goods did not set the threshold)"
+    )
     miss_rate: float = Field(description="defective test samples scored at or below the threshold")
     calibration: str | None = Field(
         None, description="how the threshold was calibrated, and its measured FRR"
@@ -83,8 +87,7 @@ def evaluate(scorer: BankScorer, refs: Sequence[SampleRef], progress: bool = Tru
         per_defect[kind] = figures(labels[sel], image[sel], gts[sel], amaps[sel])
     m = scorer.bank.manifest
     thr = m.thresholds.image
-    decided = image > thr
-    return Evaluation(
+    ev = Evaluation(
         category=m.category,
         bank_version=m.version,
         method=m.method,
@@ -94,13 +97,30 @@ def evaluate(scorer: BankScorer, refs: Sequence[SampleRef], progress: bool = Tru
         n_test=len(refs),
         per_defect=per_defect,
         threshold=thr,
-        false_reject_rate=float(decided[labels == 0].mean()),
-        miss_rate=float((~decided[labels == 1]).mean()),
+        false_reject_rate=0.0,
+        miss_rate=0.0,
         calibration=describe_calibration(m.calibration),
         scores=[
-            SampleScore(name=r.name, kind=r.kind, image_score=float(v), is_anomalous=bool(d))
-            for r, v, d in zip(refs, image, decided, strict=True)
+            SampleScore(name=r.name, kind=r.kind, image_score=float(v), is_anomalous=False)
+            for r, v in zip(refs, image, strict=True)
         ],
+    )
+    return at_threshold(ev, thr)
+
+
+def at_threshold(ev: Evaluation, threshold: float) -> Evaluation:
+    """The evaluation's decisions, false-reject rate (with its interval) and miss rate at ``threshold``."""
+    scores = [s.model_copy(update={"is_anomalous": s.image_score > threshold}) for s in ev.scores]
+    good = [s.is_anomalous for s in scores if s.kind == GOOD]
+    missed = [not s.is_anomalous for s in scores if s.kind != GOOD]
+    return ev.model_copy(
+        update={
+            "threshold": threshold,
+            "scores": scores,
+            "false_reject_rate": float(np.mean(good)),
+            "false_reject_ci": clopper_pearson(int(sum(good)), len(good)),
+            "miss_rate": float(np.mean(missed)),
+        }
     )
 
 
@@ -135,8 +155,8 @@ def table(ev: Evaluation) -> str:
     lines.insert(len(lines) - 1, "-" * len(lines[0]))
     head = f"{ev.category} {ev.bank_version} ({ev.method})"
     foot = (
-        f"threshold {ev.threshold:.4g}: false-reject rate {ev.false_reject_rate:.3f}, "
-        f"miss rate {ev.miss_rate:.3f} on the test split"
+        f"threshold {ev.threshold:.4g}: false-reject rate {ev.false_reject_rate:.3f} (95% CI "
+        f"{ev.false_reject_ci[0]:.3f}-{ev.false_reject_ci[1]:.3f}), miss rate {ev.miss_rate:.3f} on the test split"
     )
     return "\n".join([head, *lines, foot, *([ev.calibration] if ev.calibration else [])])
 

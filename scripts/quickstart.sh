@@ -14,7 +14,7 @@ category=${DEMO_CATEGORY:-puck}
 .venv/bin/make-demo-data "$PATCHBANK_DATA_ROOT" --categories "$category" --train 30 --validation 8 --test 6 --size 400
 weights=()
 [[ -n ${PATCHBANK_WEIGHTS:-} ]] || weights=(--random-weights 0)
-.venv/bin/build-bank --category "$category" "${weights[@]}"
+.venv/bin/build-bank --category "$category" --calibrate "${weights[@]}"
 
 # Serve the demo bank (left running) and score one sample through it with the client CLI.
 port=${DEMO_PORT:-8000}

@@ -16,7 +16,7 @@ from fastapi.testclient import TestClient
 from bank_builder.build import BuildResult
 from bank_builder.calibrate import calibrate_target_frr, calibrate_version
 from bank_builder.cli import build_bank_main, calibrate_main, compare_main, evaluate_main
-from bank_builder.thresholds import threshold_at_frr
+from bank_builder.thresholds import clopper_pearson, threshold_at_frr
 from patchbank import bank as bankfmt
 from patchbank.data import list_samples
 from service.app import create_app
@@ -51,7 +51,9 @@ def test_calibrate_writes_a_new_version_with_the_same_index(
     ev = new.evaluation
     assert ev is not None and ev["threshold"] == new.thresholds.image
     goods_test = [s for s in ev["scores"] if s["kind"] == "good"]
-    assert ev["false_reject_rate"] == np.mean([s["image_score"] > new.thresholds.image for s in goods_test])
+    rejected = [s["image_score"] > new.thresholds.image for s in goods_test]
+    assert ev["false_reject_rate"] == np.mean(rejected)
+    assert tuple(ev["false_reject_ci"]) == clopper_pearson(sum(rejected), len(rejected))
 
 
 def test_cross_validation_never_sees_the_fold_it_measures(banks: Path) -> None:
