@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Set up, then the main job on built-in demo data: generate a demo category, build its bank
-# (the default method, rgb+fpfh), evaluate it and print the table.
+# Set up, then the main job on built-in demo data: generate a demo category, build its bank with the
+# default method (rgb/fpfh, late fusion), calibrate its threshold (1% FRR), evaluate it and print the table.
 # RGB weights: PATCHBANK_WEIGHTS=/path/to/wide_resnet50_2.safetensors if you have them; without them
 # (no network here) the backbone is randomly initialised, on purpose and logged, so the demo runs anywhere.
 set -euo pipefail
