@@ -208,6 +208,9 @@ class CategoryInfo(_Model):
     dim: int
     threshold: float
     pixel_threshold: float
+    members: list[dict[str, Any]] = []
+    fusion: str | None = None
+    calibration: dict[str, Any] | None = None
     evaluation: dict[str, Any] | None = None
 
 

@@ -17,11 +17,13 @@ from bank_builder.build import BuildResult
 from bank_builder.calibrate import calibrate_target_frr, calibrate_version
 from bank_builder.cli import build_bank_main, calibrate_main, compare_main, evaluate_main
 from bank_builder.thresholds import clopper_pearson, threshold_at_frr
+from clients.client import PatchbankClient
 from patchbank import bank as bankfmt
 from patchbank.data import list_samples
 from service.app import create_app
 from service.settings import ServiceSettings
 from tests.conftest import CATEGORY
+from tests.live import live_server
 
 
 @pytest.fixture
@@ -113,6 +115,16 @@ def test_the_service_decides_with_the_calibrated_thresholds(banks: Path, demo_ro
     body = response.json()
     assert body["threshold"] == m.thresholds.image and body["pixel_threshold"] == m.thresholds.pixel
     assert body["is_anomalous"] == (body["image_score"] > m.thresholds.image)
+
+
+def test_the_client_reads_members_fusion_and_calibration(banks: Path) -> None:
+    """The line's Python client over real HTTP (a live uvicorn) sees what calibrate wrote."""
+    m = calibrate_version(banks, CATEGORY, target=0.05)
+    with live_server(create_app(ServiceSettings(banks=banks, device="cpu"))) as url:
+        info = PatchbankClient(url).category(CATEGORY)
+    assert info.members == [{"name": "fpfh", "bank_size": m.members[0].coreset.size, "dim": 33}]
+    assert info.fusion is None and info.calibration is not None
+    assert info.calibration["false_rejects"]["n"] == 4 and info.threshold == m.thresholds.image
 
 
 def test_build_bank_calibrate_and_evaluate_report_it(
