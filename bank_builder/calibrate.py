@@ -127,24 +127,26 @@ def cross_validate(manifest: Manifest, target: float) -> FRREstimate:
     return cross_validated_frr(len(fused), fold_scores, target)
 
 
-def _false_rejects(est: FRREstimate, method: str) -> FalseRejects:
-    return FalseRejects(
-        rate=est.rate, low=est.low, high=est.high, rejects=est.rejects, n=est.n, method=method
-    )
-
-
 def calibrate_target_frr(manifest: Manifest, target: float = DEFAULT_TARGET_FRR) -> Manifest:
     """The manifest with thresholds at ``target`` false-reject rate on its held-out goods (no new version)."""
     stats = manifest.score_stats
     image = threshold_at_frr(stats.image_scores, target)
     pixel = threshold_at_frr(stats.map_maxima, target)
     est = cross_validate(manifest, target)
+    folds = "leave-one-out" if est.folds == est.n else f"{est.folds}-fold"
     cal = Calibration(
         rule="target-frr",
         target_frr=target,
         image_rule=image.rule,
         pixel_rule=f"{pixel.rule} (maps' maxima)",
-        false_rejects=_false_rejects(est, f"{est.folds}-fold cross-validation over held-out goods"),
+        false_rejects=FalseRejects(
+            rate=est.rate,
+            low=est.low,
+            high=est.high,
+            rejects=est.rejects,
+            n=est.n,
+            method=f"{folds} cross-validation over the held-out goods",
+        ),
         created_at=now_utc(),
     )
     rule = f"target FRR {target:g} on {stats.n} held-out good parts ({stats.source})"

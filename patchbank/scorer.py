@@ -195,12 +195,9 @@ class BankScorer:
         """Each member's (B, 784, D_m) patch features of a batch."""
         return [e.extract(batch) for e in self.extractors]
 
-    def member_scores(
-        self, features: Sequence[np.ndarray], exclude_rows: Sequence[list[np.ndarray]] | None = None
-    ) -> list[Scores]:
-        """Each member's raw scores (``exclude_rows``: per member, per sample, as :func:`nearest`)."""
-        excl = exclude_rows or [None] * len(features)
-        return [score_patches(ix, f, ex) for ix, f, ex in zip(self.bank.indices, features, excl, strict=True)]
+    def member_scores(self, features: Sequence[np.ndarray]) -> list[Scores]:
+        """Each member's raw scores, before fusion."""
+        return [score_patches(ix, f) for ix, f in zip(self.bank.indices, features, strict=True)]
 
     def score_features(self, features: Sequence[np.ndarray]) -> Scores:
         return fuse(self.bank.manifest.fusion, self.member_scores(features))
