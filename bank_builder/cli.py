@@ -347,6 +347,12 @@ def _bench(args: argparse.Namespace) -> int:
 
     s = Settings()
     methods = _split(args.methods, "--methods")
+    fused = [m for m in methods if len(_members(m)) > 1]
+    if fused:
+        raise InputError(
+            f"bench times one-bank methods against BTF's reference path, not {', '.join(fused)} "
+            "(compare evaluates late-fusion methods)"
+        )
     weights = args.weights or (s.weights if args.random_weights is None else None)
     cfg = BenchConfig(
         root=args.root,
