@@ -85,3 +85,5 @@ def test_bad_arguments_are_one_line_errors(tmp_path: Path, capsys: pytest.Captur
     assert "--batch-sizes takes positive integers" in capsys.readouterr().err
     assert bench_main(["--root", str(tmp_path), "--index-kinds", "ivf"]) == 2
     assert "unknown index kind 'ivf'" in capsys.readouterr().err
+    assert bench_main(["--root", str(tmp_path), "--methods", "fpfh,rgb/fpfh"]) == 2
+    assert "bench times one-bank methods" in capsys.readouterr().err
