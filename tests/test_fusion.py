@@ -166,3 +166,24 @@ def test_without_validation_the_fusion_is_fitted_leave_one_out(demo_root: Path, 
     assert all(min(mb.held_out.image_scores) > 0 for mb in m.members if mb.held_out)  # own patches excluded
     on_disk = json.loads((tmp_path / "banks" / CATEGORY / m.version / bankfmt.MANIFEST).read_text())
     assert on_disk["fusion"]["image"]["svm"]["coef"] == m.fusion.image.svm.coef
+
+
+@pytest.mark.slow
+def test_dino_in_late_fusion_with_fpfh(demo_root: Path, tmp_path: Path) -> None:
+    """dino/fpfh end to end; the ViT-B/8 is randomly initialised on purpose (no DINO weights here)."""
+    req = BuildRequest(
+        category=CATEGORY,
+        data_root=demo_root,
+        banks=tmp_path,
+        method="dino/fpfh",
+        weights=WeightsRequest(random_seed=0),
+        evaluate=False,
+        progress=False,
+    )
+    m = build_bank(req).manifest
+    assert [(mb.name, mb.features.dim) for mb in m.members] == [("dino", 768), ("fpfh", 33)]
+    assert m.members[0].weights.kind == "random" and m.fusion is not None and m.fusion.rule == "max"
+    scorer = load_scorer(tmp_path, CATEGORY)
+    ref = list_samples(demo_root, CATEGORY, "test", kinds=["hole"])[0]
+    scores = scorer.score([load_prepared(ref, 224)])
+    assert scores.maps.shape == (1, 224, 224) and np.isfinite(scores.image).all()
