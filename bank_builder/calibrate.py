@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bank_builder.evaluate import Evaluation, at_threshold
+from bank_builder.evaluate import Evaluation, at_threshold, score_labelled
 from bank_builder.thresholds import (
     FRREstimate,
     clopper_pearson,
@@ -36,13 +36,12 @@ from bank_builder.thresholds import (
 )
 from patchbank import bank as bankfmt
 from patchbank.bank import Calibration, FalseRejects, Manifest, ScoreStats, Thresholds, now_utc
-from patchbank.data import SampleRef, read_mask
+from patchbank.data import SampleRef
 from patchbank.errors import BankError, InputError
 from patchbank.extract import iter_batches
 from patchbank.features.base import GRID, FeatureExtractor
 from patchbank.fusion import fit_image
 from patchbank.index import PatchIndex
-from patchbank.preprocess import resize_mask
 from patchbank.scorer import BankScorer, Scores, load_scorer, score_patches
 
 QUANTILE = 0.99
@@ -165,19 +164,9 @@ def calibrate_f1(
     labels = np.array([r.label for r in labelled])
     if labels.min() == labels.max():
         raise InputError("the F1 rule needs labelled good and defective samples in the split")
-    image, maps, masks = [], [], []
-    for chunk, prepared, feats in iter_batches(
-        scorer.extractors, labelled, progress=progress, desc="labelled"
-    ):
-        s = scorer.score_features(feats)
-        image.append(s.image)
-        maps.append(s.maps)
-        for ref, p in zip(chunk, prepared, strict=True):
-            w, h = p.input_size
-            masks.append(resize_mask(read_mask(ref, (h, w)), scorer.image_size))
-    scores = np.concatenate(image)
+    scores, maps, masks = score_labelled(scorer, labelled, progress, desc="labelled")
     thr, f1 = f1_threshold(labels, scores)
-    pix_thr, pix_f1 = f1_threshold(np.stack(masks).ravel(), np.concatenate(maps).ravel())
+    pix_thr, pix_f1 = f1_threshold(masks.ravel(), maps.ravel())
     goods = np.asarray(manifest.score_stats.image_scores)
     rejects = int((goods > thr).sum())
     low, high = clopper_pearson(rejects, len(goods))

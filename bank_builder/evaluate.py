@@ -64,21 +64,26 @@ def figures(labels: np.ndarray, scores: np.ndarray, masks: np.ndarray, maps: np.
     )
 
 
-def evaluate(scorer: BankScorer, refs: Sequence[SampleRef], progress: bool = True) -> Evaluation:
-    size = scorer.image_size
-    kinds = np.array([r.kind for r in refs])
-    if GOOD not in kinds or len(set(kinds)) < 2:
-        raise InputError("evaluation needs good and defective test samples (test/good and test/<defect>)")
+def score_labelled(
+    scorer: BankScorer, refs: Sequence[SampleRef], progress: bool = True, desc: str = "evaluate"
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(N,) image scores, (N, 224, 224) maps and the (N, 224, 224) bool ground truth of labelled samples."""
     scores, masks, maps = [], [], []
-    for chunk, prepared, feats in iter_batches(scorer.extractors, refs, progress=progress, desc="evaluate"):
+    for chunk, prepared, feats in iter_batches(scorer.extractors, refs, progress=progress, desc=desc):
         s = scorer.score_features(feats)
         scores.append(s.image)
         maps.append(s.maps)
         for ref, p in zip(chunk, prepared, strict=True):
             w, h = p.input_size
-            masks.append(resize_mask(read_mask(ref, (h, w)), size))
-    image = np.concatenate(scores)
-    amaps, gts = np.concatenate(maps), np.stack(masks)
+            masks.append(resize_mask(read_mask(ref, (h, w)), scorer.image_size))
+    return np.concatenate(scores), np.concatenate(maps), np.stack(masks)
+
+
+def evaluate(scorer: BankScorer, refs: Sequence[SampleRef], progress: bool = True) -> Evaluation:
+    kinds = np.array([r.kind for r in refs])
+    if GOOD not in kinds or len(set(kinds)) < 2:
+        raise InputError("evaluation needs good and defective test samples (test/good and test/<defect>)")
+    image, amaps, gts = score_labelled(scorer, refs, progress)
     labels = (kinds != GOOD).astype(int)
     overall = figures(labels, image, gts, amaps)
     per_defect = {}
