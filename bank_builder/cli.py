@@ -92,7 +92,6 @@ def _feature_options(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--target-frr",
         type=float,
-        default=0.01,
         help="calibration: false-reject rate aimed at on held-out good parts (default 0.01)",
     )
 
@@ -165,8 +164,10 @@ def build_request(
     parsed = parse_method(method)
     use_settings = args.random_weights is None and parsed.needs_rgb_weights
     weights = args.weights or (s.weights if use_settings else None)
-    if not 0 < args.target_frr < 1:
+    if args.target_frr is not None and not 0 < args.target_frr < 1:
         raise InputError(f"--target-frr must be between 0 and 1, got {args.target_frr}")
+    if args.target_frr is not None and not overrides.get("calibrate"):
+        raise InputError("--target-frr applies to the calibration: add --calibrate")
     fields: dict[str, Any] = dict(
         category=args.category,
         data_root=require(args.data_root or s.data_root, "data root", "--data-root", "PATCHBANK_DATA_ROOT"),
@@ -178,9 +179,10 @@ def build_request(
         weights=WeightsRequest(path=weights, random_seed=args.random_weights),
         device=default_device(args.device or s.device),
         batch_size=args.batch_size,
-        target_frr=args.target_frr,
         progress=not args.quiet,
     )
+    if args.target_frr is not None:
+        fields["target_frr"] = args.target_frr
     fields.update(overrides)
     return BuildRequest(**fields)
 

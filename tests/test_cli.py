@@ -63,7 +63,8 @@ def test_user_errors_exit_2_with_one_line(
         ([*base, "--method", "rgb/nope"], "unknown method 'rgb/nope': nope is not a feature extractor"),
         ([*base, "--method", "fpfh@svm"], "a fusion rule needs two or more members"),
         ([*base, "--method", "rgb/fpfh@mean"], "unknown fusion rule 'mean'"),
-        ([*base, "--target-frr", "1.5"], "--target-frr must be between 0 and 1"),
+        ([*base, "--target-frr", "1.5", "--calibrate"], "--target-frr must be between 0 and 1"),
+        ([*base, "--target-frr", "0.05"], "--target-frr applies to the calibration: add --calibrate"),
         ([*base, "--method", "rgb", "--weights", str(tmp_path / "nope.pt")], "weights file not found"),
     ]
     for argv, message in cases:
