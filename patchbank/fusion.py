@@ -84,12 +84,16 @@ class FusionPart(BaseModel):
     alignments: list[Alignment] = Field(description="one per member, in member order")
     svm: LinearSVM | None = Field(None, description="rule svm: the fitted weights")
 
+    def align(self, scores: np.ndarray) -> np.ndarray:
+        """(M, ...) raw member scores -> (..., M) aligned scores, members last."""
+        aligned = [a.apply(s) for a, s in zip(self.alignments, scores, strict=True)]
+        return np.stack(aligned, axis=-1)
+
     def apply(self, scores: np.ndarray) -> np.ndarray:
         """(M, ...) raw member scores -> (...) fused float32 scores."""
-        aligned = np.stack([a.apply(s) for a, s in zip(self.alignments, scores, strict=True)])
-        if self.svm is None:
-            return aligned.max(axis=0).astype(np.float32)
-        return self.svm.apply(np.moveaxis(aligned, 0, -1)).astype(np.float32)
+        aligned = self.align(scores)
+        fused = aligned.max(axis=-1) if self.svm is None else self.svm.apply(aligned)
+        return fused.astype(np.float32)
 
 
 class Fusion(BaseModel):
@@ -104,28 +108,27 @@ class Fusion(BaseModel):
     n: int = Field(description="how many")
 
 
+def _fitted(rule: FusionRule, alignments: list[Alignment], sample: np.ndarray, seed: int) -> FusionPart:
+    """A part with its alignments, and for rule svm its SVM fitted on the aligned (M, n) ``sample``."""
+    part = FusionPart(alignments=alignments)
+    if rule != "svm":
+        return part
+    return part.model_copy(update={"svm": LinearSVM.fit(part.align(sample), seed)})
+
+
 def fit_image(rule: FusionRule, image: np.ndarray, seed: int = 0) -> FusionPart:
     """The image part of a fusion from (M, n) raw member image scores of held-out goods."""
-    alignments = [Alignment.fit(s) for s in image]
-    part = FusionPart(alignments=alignments)
-    if rule == "svm":
-        aligned = np.stack([a.apply(s) for a, s in zip(alignments, image, strict=True)], axis=1)
-        part = FusionPart(alignments=alignments, svm=LinearSVM.fit(aligned, seed))
-    return part
+    return _fitted(rule, [Alignment.fit(s) for s in image], image, seed)
 
 
 def fit_pixel(rule: FusionRule, maps: np.ndarray, seed: int = 0) -> FusionPart:
-    """The map part of a fusion from (M, n, H, W) raw member maps of held-out goods."""
+    """The map part of a fusion from (M, n, H, W) raw member maps of held-out goods (the SVM on a random
+    sample of the same pixels in every member)."""
     m, n = maps.shape[:2]
     flat = maps.reshape(m, n, -1)
-    alignments = [Alignment.fit(f) for f in flat]
-    if rule != "svm":
-        return FusionPart(alignments=alignments)
     rng = np.random.default_rng(seed)
     cols = rng.choice(flat.shape[2], size=min(PIXELS_PER_SAMPLE, flat.shape[2]), replace=False)
-    sample = flat[:, :, cols].reshape(m, -1)  # the same pixels in every member
-    aligned = np.stack([a.apply(s) for a, s in zip(alignments, sample, strict=True)], axis=1)
-    return FusionPart(alignments=alignments, svm=LinearSVM.fit(aligned, seed))
+    return _fitted(rule, [Alignment.fit(f) for f in flat], flat[:, :, cols].reshape(m, -1), seed)
 
 
 def fit_fusion(rule: FusionRule, image: np.ndarray, maps: np.ndarray, source: str, seed: int = 0) -> Fusion:
