@@ -17,7 +17,7 @@ from patchbank import bank as bankfmt
 from patchbank.errors import NotFoundError, PatchbankError
 from patchbank.features import FeatureExtractor
 from patchbank.preprocess import Prepared
-from patchbank.scorer import BankScorer, member_extractor
+from patchbank.scorer import BankScorer, member_extractor, recorded_spec
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +54,7 @@ class BankRegistry:
         return scorer
 
     def _extractor_for(self, member: bankfmt.Member) -> FeatureExtractor:
-        key = member.features.model_dump_json() + "|" + (member.weights.params_sha256 or "")
+        key = recorded_spec(member).model_dump_json() + "|" + (member.weights.params_sha256 or "")
         with self._lock:
             cached = self._extractors.get(key)
         if cached is not None:

@@ -25,7 +25,7 @@ import torch
 from patchbank.bank import Bank, Member, load_bank
 from patchbank.errors import BankError
 from patchbank.features import create_extractor, resolve_options
-from patchbank.features.base import GRID, FeatureExtractor
+from patchbank.features.base import GRID, FeatureExtractor, FeatureSpec
 from patchbank.fusion import Fusion
 from patchbank.index import PatchIndex
 from patchbank.preprocess import IMAGE_SIZE, Prepared
@@ -213,12 +213,16 @@ def check_same_size(extractors: Sequence[FeatureExtractor]) -> None:
         raise BankError(f"the members of a method must share one input size, got {sorted(sizes)}")
 
 
+def recorded_spec(member: Member) -> FeatureSpec:
+    """The member's feature spec with its options' defaults filled in: an option added since the bank was
+    written counts at its default, which is what the bank was built with."""
+    f = member.features
+    return f.model_copy(update={"options": resolve_options(f.method, f.options)})
+
+
 def check_compatible(ref: str, member: Member, extractor: FeatureExtractor) -> None:
-    """Refuse an extractor whose spec or weights differ from those the member bank was built with (options
-    added since the bank was written count at their defaults, which is what the bank was built with)."""
-    recorded = member.features
-    expected = recorded.model_copy(update={"options": resolve_options(recorded.method, recorded.options)})
-    if extractor.spec != expected:
+    """Refuse an extractor whose spec (:func:`recorded_spec`) or weights differ from the member bank's."""
+    if extractor.spec != recorded_spec(member):
         raise BankError(
             f"bank {ref} was built with features {member.features.describe()} "
             f"but the extractor is {extractor.spec.describe()}; rebuild the bank or use its extractor"
