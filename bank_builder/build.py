@@ -14,15 +14,6 @@ from typing import Any
 
 import numpy as np
 
-from bank_builder.calibrate import (
-    DEFAULT_TARGET_FRR,
-    calibrate_target_frr,
-    default_thresholds,
-    held_out_training,
-    held_out_validation,
-    score_stats,
-)
-from bank_builder.evaluate import Evaluation, evaluate
 from patchbank import bank as bankfmt
 from patchbank.coreset import CoresetSpec, create_sampler
 from patchbank.data import SampleRef, digest, has_split, list_samples
@@ -35,6 +26,15 @@ from patchbank.index import PatchIndex, default_kind
 from patchbank.methods import DEFAULT_METHOD, parse_method
 from patchbank.scorer import BankScorer, Scores, check_same_size, fuse
 from patchbank.weights import WeightsRequest
+from patchbank_builder.calibrate import (
+    calibrate_target_frr,
+    default_thresholds,
+    held_out_training,
+    held_out_validation,
+    score_stats,
+)
+from patchbank_builder.evaluate import Evaluation, evaluate
+from patchbank_builder.options import DEFAULT_TARGET_FRR
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +48,9 @@ class BuildRequest:
     options: dict[str, dict[str, Any]] = field(default_factory=dict)  # per member extractor name
     coreset: CoresetSpec = field(default_factory=CoresetSpec)
     index_kind: str | None = None  # None: patchbank.index.default_kind of each member's dimension
-    weights: WeightsRequest = field(default_factory=WeightsRequest)
+    weights: WeightsRequest = field(default_factory=WeightsRequest)  # members that need weights
+    member_weights: dict[str, WeightsRequest] = field(default_factory=dict)  # one member's, by name
+    fusion_options: dict[str, Any] = field(default_factory=dict)  # the fusion rule's options
     device: str = "cpu"
     batch_size: int = 8
     evaluate: bool = True
@@ -149,7 +151,8 @@ def build_bank(req: BuildRequest) -> BuildResult:
         )
     with timed(timings, "extractor"):
         extractors = [
-            create_extractor(m, req.options.get(m), req.weights, req.device) for m in method.members
+            create_extractor(m, req.options.get(m), req.member_weights.get(m, req.weights), req.device)
+            for m in method.members
         ]
         check_same_size(extractors)
     log.info(
@@ -181,6 +184,7 @@ def build_bank(req: BuildRequest) -> BuildResult:
                 np.stack([h.maps for h in held]),
                 source,
                 seed=req.coreset.seed,
+                options=req.fusion_options,
             )
         final = fuse(fusion, held)
         stats = score_stats(source, final.image, final.maps.reshape(len(final.maps), -1).max(axis=1))
@@ -199,7 +203,7 @@ def build_bank(req: BuildRequest) -> BuildResult:
         with timed(timings, "evaluate"):
             scorer = BankScorer(bankfmt.Bank(manifest, indices, Path()), extractors)
             evaluation = evaluate(scorer, test, req.progress)
-        manifest.evaluation = evaluation.model_dump(exclude={"category", "bank_version"})
+        manifest.evaluation = evaluation.record()
 
     def write_indices(directory: Path) -> None:
         for index, file in zip(indices, files, strict=True):

@@ -9,7 +9,7 @@ Thresholds, in the order a bank gets them:
 - ``build-bank`` (uncalibrated default): the 99th percentile of the held-out image scores, and of the
   held-out maps' maxima for the pixel threshold;
 - ``calibrate`` / ``build-bank --calibrate``, rule ``target-frr`` (default 1%): the image threshold at the
-  target false-reject rate on the held-out goods (:func:`bank_builder.thresholds.threshold_at_frr`), the pixel
+  target false-reject rate on the held-out goods (:func:`patchbank_builder.thresholds.threshold_at_frr`), the pixel
   threshold likewise on their maps' maxima, so a good part shows a defect region with at most that
   probability. The false-reject rate is then measured honestly by cross-validation over the held-out goods:
   each fold's threshold (and, for a fused bank, its fusion alignment) is set on the other folds only, and the
@@ -26,14 +26,6 @@ from pathlib import Path
 
 import numpy as np
 
-from bank_builder.evaluate import Evaluation, at_threshold, score_labelled
-from bank_builder.thresholds import (
-    FRREstimate,
-    clopper_pearson,
-    cross_validated_frr,
-    f1_threshold,
-    threshold_at_frr,
-)
 from patchbank import bank as bankfmt
 from patchbank.bank import Calibration, FalseRejects, Manifest, ScoreStats, Thresholds, now_utc
 from patchbank.data import SampleRef
@@ -43,10 +35,17 @@ from patchbank.features.base import GRID, FeatureExtractor
 from patchbank.fusion import fit_image
 from patchbank.index import PatchIndex
 from patchbank.scorer import BankScorer, Scores, load_scorer, score_patches
+from patchbank_builder.evaluate import at_threshold, score_labelled
+from patchbank_builder.options import DEFAULT_TARGET_FRR
+from patchbank_builder.thresholds import (
+    FRREstimate,
+    clopper_pearson,
+    cross_validated_frr,
+    f1_threshold,
+    threshold_at_frr,
+)
 
 QUANTILE = 0.99
-DEFAULT_TARGET_FRR = 0.01
-RULES = ("target-frr", "f1")
 
 
 def held_out_validation(
@@ -120,7 +119,7 @@ def cross_validate(manifest: Manifest, target: float) -> FRREstimate:
     def fold_scores(train: np.ndarray, test: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         if members is None or rule is None:
             return fused[train], fused[test]
-        part = fit_image(rule, members[:, train])
+        part = fit_image(rule, members[:, train], options=manifest.fusion.options if manifest.fusion else None)
         return part.apply(members[:, train]), part.apply(members[:, test])
 
     return cross_validated_frr(len(fused), fold_scores, target)
@@ -200,14 +199,6 @@ def calibrate_f1(
     )
 
 
-def _at_threshold(evaluation: dict[str, object] | None, threshold: float) -> dict[str, object] | None:
-    """A stored evaluation's decision rates recomputed at a new threshold (from its per-sample scores)."""
-    if not evaluation or not evaluation.get("scores"):
-        return evaluation
-    ev = Evaluation.model_validate({"category": "", "bank_version": "", **evaluation})
-    return at_threshold(ev, threshold).model_dump(exclude={"category", "bank_version"})
-
-
 def calibrate_version(
     banks: Path,
     category: str,
@@ -235,7 +226,7 @@ def calibrate_version(
         update={
             "parent": source,
             "created_at": bankfmt.now_utc(),
-            "evaluation": _at_threshold(manifest.evaluation, manifest.thresholds.image),
+            "evaluation": manifest.evaluation and at_threshold(manifest.evaluation, manifest.thresholds.image),
         }
     )
     return bankfmt.write_version(banks, manifest, bankfmt.copy_files_from(vdir), activate=activate)

@@ -4,55 +4,30 @@ defect kind (each kind against all good samples), plus the decision rates at the
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TypeVar
 
 import numpy as np
-from pydantic import BaseModel, Field
 
-from bank_builder.thresholds import clopper_pearson
-from patchbank.bank import Calibration
+from patchbank.bank import Calibration, EvaluationRecord, Figures, SampleScore, is_anomalous
 from patchbank.data import GOOD, SampleRef, read_mask
 from patchbank.errors import InputError
-from patchbank.extract import iter_batches
 from patchbank.metrics import au_pro, image_auroc, pixel_auroc
+from patchbank.predict import predict_refs
 from patchbank.preprocess import resize_mask
 from patchbank.scorer import BankScorer
+from patchbank_builder.thresholds import clopper_pearson
+
+E = TypeVar("E", bound=EvaluationRecord)
 
 
-class Figures(BaseModel):
-    image_auroc: float = Field(description="I-AUROC on image scores")
-    pixel_auroc: float = Field(description="P-AUROC on all pixels at 224 x 224")
-    au_pro: float = Field(description="AU-PRO integrated to FPR 0.3, normalised")
-    n: int = Field(description="samples (good + defective)")
-
-
-class SampleScore(BaseModel):
-    name: str
-    kind: str
-    image_score: float
-    is_anomalous: bool
-
-
-class Evaluation(BaseModel):
-    """What ``evaluate --json`` writes."""
+class Evaluation(EvaluationRecord):
+    """What ``evaluate --json`` writes: the record a manifest stores, and which bank it is of."""
 
     category: str
     bank_version: str
-    method: str
-    image_auroc: float
-    pixel_auroc: float
-    au_pro: float
-    n_test: int
-    per_defect: dict[str, Figures]
-    threshold: float
-    false_reject_rate: float = Field(description="good test samples scored above the threshold")
-    false_reject_ci: tuple[float, float] = Field(
-        (0.0, 1.0), description="its 95% Clopper-Pearson interval (the test goods did not set the threshold)"
-    )
-    miss_rate: float = Field(description="defective test samples scored at or below the threshold")
-    calibration: str | None = Field(
-        None, description="how the threshold was calibrated, and its measured FRR"
-    )
-    scores: list[SampleScore]
+
+    def record(self) -> EvaluationRecord:
+        return EvaluationRecord.model_validate(self.model_dump(exclude={"category", "bank_version"}))
 
 
 def figures(labels: np.ndarray, scores: np.ndarray, masks: np.ndarray, maps: np.ndarray) -> Figures:
@@ -67,16 +42,16 @@ def figures(labels: np.ndarray, scores: np.ndarray, masks: np.ndarray, maps: np.
 def score_labelled(
     scorer: BankScorer, refs: Sequence[SampleRef], progress: bool = True, desc: str = "evaluate"
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(N,) image scores, (N, 224, 224) maps and the (N, 224, 224) bool ground truth of labelled samples."""
+    """(N,) image scores, (N, 224, 224) maps and the (N, 224, 224) bool ground truth of labelled samples,
+    each scored by :func:`patchbank.predict.predict` as the service scores it."""
     scores, masks, maps = [], [], []
-    for chunk, prepared, feats in iter_batches(scorer.extractors, refs, progress=progress, desc=desc):
-        s = scorer.score_features(feats)
-        scores.append(s.image)
-        maps.append(s.maps)
-        for ref, p in zip(chunk, prepared, strict=True):
+    for chunk, preds in predict_refs(scorer, refs, progress=progress, desc=desc):
+        for ref, p in zip(chunk, preds, strict=True):
+            scores.append(p.image_score)
+            maps.append(p.map224)
             w, h = p.input_size
             masks.append(resize_mask(read_mask(ref, (h, w)), scorer.image_size))
-    return np.concatenate(scores), np.concatenate(maps), np.stack(masks)
+    return np.asarray(scores, dtype=np.float32), np.stack(maps), np.stack(masks)
 
 
 def evaluate(scorer: BankScorer, refs: Sequence[SampleRef], progress: bool = True) -> Evaluation:
@@ -113,9 +88,9 @@ def evaluate(scorer: BankScorer, refs: Sequence[SampleRef], progress: bool = Tru
     return at_threshold(ev, thr)
 
 
-def at_threshold(ev: Evaluation, threshold: float) -> Evaluation:
+def at_threshold(ev: E, threshold: float) -> E:
     """The evaluation's decisions, false-reject rate (with its interval) and miss rate at ``threshold``."""
-    scores = [s.model_copy(update={"is_anomalous": s.image_score > threshold}) for s in ev.scores]
+    scores = [s.model_copy(update={"is_anomalous": is_anomalous(s.image_score, threshold)}) for s in ev.scores]
     good = [s.is_anomalous for s in scores if s.kind == GOOD]
     missed = [not s.is_anomalous for s in scores if s.kind != GOOD]
     return ev.model_copy(

@@ -6,14 +6,13 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from patchbank import active
 from patchbank import bank as bankfmt
-from patchbank import fleet
 from patchbank.errors import ConfigError, InputError
+from patchbank_builder.options import DEFAULT_KEEP, DEFAULT_TOLERANCE
 
 log = logging.getLogger(__name__)
 
-DEFAULT_TOLERANCE = 0.01
-DEFAULT_KEEP = 5
 
 
 def publish_version(
@@ -29,29 +28,29 @@ def publish_version(
     import redis
 
     try:
-        client = fleet.connect(redis_url) if redis_url else None
-        current = (client.hget(fleet.ACTIVE_KEY, category) if client else None) or bankfmt.active_version(
+        client = active.connect(redis_url) if redis_url else None
+        current = (client.hget(active.ACTIVE_KEY, category) if client else None) or bankfmt.active_version(
             banks, category
         )
         if current == version:
             current = None
-        new_eval = fleet.evaluation_of(banks, category, version)
-        old_eval = fleet.evaluation_of(banks, category, current)
+        new_eval = active.evaluation_of(banks, category, version)
+        old_eval = active.evaluation_of(banks, category, current)
         if new_eval and old_eval and not force:
-            worse = fleet.worse_by(new_eval, old_eval, tolerance)
+            worse = new_eval.worse_than(old_eval, tolerance)
             if worse:
                 raise InputError(
                     f"refusing to publish {category}/{version}: worse than the active {current} beyond "
                     f"{tolerance} ({'; '.join(worse)}); it stays on disk unpublished, --force publishes it anyway"
                 )
         if client is not None:
-            fleet.publish(client, banks, category, version)
+            active.publish(client, banks, category, version)
         else:
             bankfmt.set_active(banks, category, version)
     except redis.RedisError as exc:
         raise ConfigError(f"cannot publish through Redis at {redis_url}: {exc}") from exc
     protect = {version} | ({current} if current else set())
-    pruned = fleet.prune(banks, category, keep, protect)
+    pruned = active.prune(banks, category, keep, protect)
     if pruned:
         log.info("pruned old versions of %s: %s", category, ", ".join(pruned))
     return pruned

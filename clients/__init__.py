@@ -2,14 +2,14 @@
 
 Needs only httpx, numpy, pillow, tifffile, tqdm and pydantic; it never imports the engine.
 
-    from clients import PatchbankClient
+    from patchbank_client import PatchbankClient
 
     with PatchbankClient("http://inspect-01:8000", api_key="...") as client:
         result = client.score("puck", "000.png", "000.tiff", map="array")
         print(result.image_score, result.is_anomalous, result.map_array().shape)
 """
 
-from clients.client import (
+from patchbank_client.client import (
     AnomalyMap,
     APIError,
     AsyncPatchbankClient,

@@ -23,7 +23,7 @@ from typing import Any, TextIO, cast
 import numpy as np
 from tqdm import tqdm
 
-from clients.client import (
+from patchbank_client.client import (
     MAP_FORMATS,
     APIError,
     MapFormat,
@@ -275,12 +275,13 @@ def _run_dir(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------------------------------- main
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="score",
-        description="Score RGB + xyz samples with a Patchbank service: one sample (--rgb/--xyz), "
-        "or every sample under a folder (--dir, MVTec 3D-AD layout or NAME.png + NAME.tiff pairs).",
-    )
+DESCRIPTION = (
+    "Score RGB + xyz samples with a Patchbank service: one sample (--rgb/--xyz), "
+    "or every sample under a folder (--dir, MVTec 3D-AD layout or NAME.png + NAME.tiff pairs)."
+)
+
+
+def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--url",
         default=os.environ.get(ENV_URL),
@@ -302,33 +303,63 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--retries", type=int, default=3, help="extra tries on connection errors and 503 (default: 3)"
     )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="score", description=DESCRIPTION)
+    configure(p)
     return p
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    try:
-        args = parser.parse_args(argv)
-        if not args.url:
-            parser.error(f"--url is required (or set ${ENV_URL})")
-        if args.retries < 0 or args.timeout <= 0:
-            parser.error("--retries must be >= 0 and --timeout > 0")
-        single = args.rgb is not None or args.xyz is not None
-        if args.dir is not None and single:
-            parser.error("give either --dir or --rgb/--xyz, not both")
-        if args.dir is None and not (args.rgb and args.xyz):
-            parser.error("give --rgb and --xyz for one sample, or --dir and --out for a folder")
-        if args.dir is not None and not args.out:
-            parser.error("--dir needs --out (a JSON lines file, or '-' for stdout)")
-    except SystemExit as exc:  # argparse's usage errors and --help: an exit code, not an exception
-        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
+def _check(args: argparse.Namespace) -> None:
+    if not args.url:
+        raise UsageError(f"--url is required (or set ${ENV_URL})")
+    if args.retries < 0 or args.timeout <= 0:
+        raise UsageError("--retries must be >= 0 and --timeout > 0")
+    single = args.rgb is not None or args.xyz is not None
+    if args.dir is not None and single:
+        raise UsageError("give either --dir or --rgb/--xyz, not both")
+    if args.dir is None and not (args.rgb and args.xyz):
+        raise UsageError("give --rgb and --xyz for one sample, or --dir and --out for a folder")
+    if args.dir is not None and not args.out:
+        raise UsageError("--dir needs --out (a JSON lines file, or '-' for stdout)")
 
+
+def run(args: argparse.Namespace) -> int:
     try:
+        _check(args)
         return _run_dir(args) if args.dir is not None else _run_single(args)
     except UsageError as exc:
         return _error(str(exc))
     except KeyboardInterrupt:
         return 130
+
+
+@dataclass(frozen=True)
+class _ScoreCommand:
+    """``patchbank score``: the same command, registered with the ``patchbank`` command (duck-typed, so the
+    client imports nothing of the engine's packages)."""
+
+    name: str = "score"
+    help: str = "score samples with a running service (the line PC's client)"
+    description: str = DESCRIPTION
+
+    def configure(self, p: argparse.ArgumentParser) -> None:
+        configure(p)
+
+    def run(self, args: argparse.Namespace) -> int:
+        return run(args)
+
+
+SCORE = _ScoreCommand()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exc:  # argparse's usage errors and --help: an exit code, not an exception
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
+    return run(args)
 
 
 if __name__ == "__main__":

@@ -37,8 +37,8 @@ from patchbank.fusion import Fusion
 from patchbank.index import PatchIndex
 from patchbank.weights import WeightsIdentity, sha256_file
 
-FORMAT_VERSION = 2
-READABLE_FORMATS = (1, 2)
+FORMAT_VERSION = 3  # 3: a feature spec names its "extractor" (2 said "method"; read as before)
+READABLE_FORMATS = (1, 2, 3)
 MANIFEST = "manifest.json"
 MANIFEST_SUM = "manifest.sha256"
 INDEX_FILE = "index.faiss"
@@ -86,6 +86,15 @@ class Thresholds(BaseModel):
     pixel: float = Field(description="anomaly-map value above which a pixel belongs to a defect region")
     rule: str = Field(description="how the thresholds were set")
 
+    def decide(self, image_score: float) -> bool:
+        """Whether a part with this image score is anomalous (NG)."""
+        return is_anomalous(image_score, self.image)
+
+
+def is_anomalous(image_score: float, threshold: float) -> bool:
+    """The one decision rule: NG when the image score is strictly above the image threshold."""
+    return image_score > threshold
+
 
 class FalseRejects(BaseModel):
     """A false-reject rate measured on good parts that did not set the threshold, with its interval."""
@@ -126,6 +135,48 @@ class MemberStats(BaseModel):
     pixel_std: float | None = Field(None, description="std of every held-out map pixel")
 
 
+class Figures(BaseModel):
+    image_auroc: float = Field(description="I-AUROC on image scores")
+    pixel_auroc: float = Field(description="P-AUROC on all pixels at 224 x 224")
+    au_pro: float = Field(description="AU-PRO integrated to FPR 0.3, normalised")
+    n: int = Field(description="samples (good + defective)")
+
+
+class SampleScore(BaseModel):
+    name: str
+    kind: str = Field(description="good, or the defect kind")
+    image_score: float
+    is_anomalous: bool
+
+
+class EvaluationRecord(BaseModel):
+    """What ``evaluate`` measured on a labelled test split, as a manifest stores it."""
+
+    method: str
+    image_auroc: float
+    pixel_auroc: float
+    au_pro: float
+    n_test: int
+    per_defect: dict[str, Figures]
+    threshold: float
+    false_reject_rate: float = Field(description="good test samples scored above the threshold")
+    false_reject_ci: tuple[float, float] = Field(
+        (0.0, 1.0), description="its 95% Clopper-Pearson interval (the test goods did not set the threshold)"
+    )
+    miss_rate: float = Field(description="defective test samples scored at or below the threshold")
+    calibration: str | None = Field(None, description="how the threshold was calibrated, and its measured FRR")
+    scores: list[SampleScore] = Field(default_factory=list, description="every test sample's score")
+
+    def worse_than(self, old: EvaluationRecord, tolerance: float) -> list[str]:
+        """The figures (I-AUROC, AU-PRO, P-AUROC) on which this is worse than ``old`` beyond ``tolerance``."""
+        keys = ("image_auroc", "au_pro", "pixel_auroc")
+        return [
+            f"{k} {getattr(self, k):.3f} < {getattr(old, k):.3f}"
+            for k in keys
+            if getattr(self, k) < getattr(old, k) - tolerance
+        ]
+
+
 class Member(BaseModel):
     """One bank of patch features: its extractor, weights, index file and coreset."""
 
@@ -140,7 +191,8 @@ class Member(BaseModel):
 
     @property
     def name(self) -> str:
-        return self.features.method
+        """The member's extractor name."""
+        return self.features.extractor
 
 
 class Manifest(BaseModel):
@@ -159,9 +211,7 @@ class Manifest(BaseModel):
     score_stats: ScoreStats = Field(description="held-out goods' final (fused) scores")
     thresholds: Thresholds
     calibration: Calibration | None = Field(None, description="set by calibrate / build-bank --calibrate")
-    evaluation: dict[str, object] | None = Field(
-        None, description="evaluate's figures on the test split, if any"
-    )
+    evaluation: EvaluationRecord | None = Field(None, description="evaluate's figures on the test split, if any")
     libraries: dict[str, str] = Field(description="versions of the libraries the bank was built with")
     files: dict[str, str] = Field(default_factory=dict, description="sha256 of each file in the version dir")
     parent: str | None = Field(None, description="the version this one was derived from (recalibration)")

@@ -31,18 +31,23 @@ def config_files() -> list[Path]:
 
 
 class Settings(BaseSettings):
-    """Locations and defaults shared by the command-line tools."""
+    """Locations and defaults shared by the command-line tools and the service (which adds its own)."""
 
     model_config = SettingsConfigDict(env_prefix="PATCHBANK_", extra="ignore")
 
     data_root: Path | None = Field(None, description="dataset root in the MVTec 3D-AD layout")
     banks: Path | None = Field(None, description="directory holding one folder of bank versions per category")
     device: str | None = Field(None, description="cpu or cuda; default: cuda when available")
-    weights: Path | None = Field(None, description="local RGB backbone weights file")
+    weights: str | None = Field(
+        None,
+        description="backbone weights of new banks (NAME[:VALUE], e.g. random:0, or a file's path); a file "
+        "also stands in for a bank's recorded weights file that moved (same sha256)",
+    )
     redis_url: str | None = Field(
         None,
         validation_alias="REDIS_URL",
-        description="redis:// or rediss:// URL of the shared bank registry",
+        description="redis:// or rediss:// URL shared by the replicas (active versions, score stream, "
+        "idempotency); unset = one process, no Redis",
     )
 
     @classmethod
@@ -75,3 +80,11 @@ def default_device(requested: str | None = None) -> str:
     if device != "cpu" and not device.startswith("cuda"):
         raise ConfigError(f"unknown device {device!r}; use cpu or cuda")
     return device
+
+
+def weights_override(spec: str | Path | None) -> str | None:
+    """The local file a weights setting names (a bank's moved weights file), or None for other sources."""
+    from patchbank.weights import WeightsRequest
+
+    req = WeightsRequest.parse(spec)
+    return str(req.options["path"]) if req.source == "file" else None

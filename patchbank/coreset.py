@@ -15,14 +15,17 @@ from __future__ import annotations
 import functools
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from typing import Any, ClassVar, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
-import torch
 from pydantic import BaseModel, ConfigDict, Field
 from tqdm.auto import tqdm
 
 from patchbank.errors import InputError
+from patchbank.registry import Part, Registry
+
+if TYPE_CHECKING:
+    import torch
 
 
 class CoresetSpec(BaseModel):
@@ -36,10 +39,12 @@ class CoresetSpec(BaseModel):
     seed: int = Field(0, description="seed of the random projection")
 
 
-class Sampler(ABC):
-    name: ClassVar[str]
+class Sampler(Part, ABC):
+    """One interface for every sampler: ``run(features) -> indices``."""
 
     def __init__(self, spec: CoresetSpec, device: str = "cpu", progress: bool = True) -> None:
+        import torch
+
         self.spec = spec
         self.device = torch.device(device)
         self.progress = progress
@@ -50,9 +55,12 @@ class Sampler(ABC):
         """(N, D) float32 features -> (M,) int64 indices of the kept rows, in selection order."""
 
 
-class IdentitySampler(Sampler):
-    name = "identity"
+SAMPLERS: Registry[type[Sampler]] = Registry("coreset sampler")
+register_sampler = SAMPLERS.register
 
+
+@register_sampler("identity")
+class IdentitySampler(Sampler):
     def run(self, features: np.ndarray) -> np.ndarray:
         return np.arange(len(features), dtype=np.int64)
 
@@ -69,9 +77,8 @@ def projection_matrix(n_samples: int, dim: int, eps: float, seed: int) -> np.nda
     return np.asarray(proj.components_.todense(), dtype=np.float32)
 
 
+@register_sampler("greedy")
 class GreedySampler(Sampler):
-    name = "greedy"
-
     def __init__(self, spec: CoresetSpec, device: str = "cpu", progress: bool = True) -> None:
         super().__init__(spec, device=device, progress=progress)
         self.evaluated_fraction: float | None = None  # numba path: share of row-to-centre distances computed
@@ -79,6 +86,8 @@ class GreedySampler(Sampler):
     def run(self, features: np.ndarray) -> np.ndarray:
         n = len(features)
         m = max(1, int(self.spec.ratio * n))
+        import torch
+
         z = torch.from_numpy(np.ascontiguousarray(features, dtype=np.float32)).to(self.device)
         proj = projection_matrix(n, z.shape[1], self.spec.eps, self.spec.seed)
         if proj is not None:
@@ -99,6 +108,8 @@ def greedy_k_center(z: torch.Tensor, m: int, progress: bool = True) -> np.ndarra
     follows exact distances.
     """
     sq = (z * z).sum(dim=1)
+    import torch
+
     chosen = torch.empty(m, dtype=torch.int64, device=z.device)
     chosen[0] = 0
     min_d = (sq - 2 * (z @ z[0]) + sq[0]).clamp_min_(0)
@@ -270,10 +281,5 @@ def _numba_kernel() -> Callable[[np.ndarray, _KCenterState, int, int], int] | No
     return steps
 
 
-SAMPLERS: dict[str, type[Sampler]] = {cls.name: cls for cls in (GreedySampler, IdentitySampler)}
-
-
 def create_sampler(spec: CoresetSpec, device: str = "cpu", progress: bool = True, **_: Any) -> Sampler:
-    if spec.sampler not in SAMPLERS:
-        raise InputError(f"unknown coreset sampler {spec.sampler!r}; known: {', '.join(sorted(SAMPLERS))}")
-    return SAMPLERS[spec.sampler](spec, device=device, progress=progress)
+    return SAMPLERS.get(spec.sampler)(spec, device=device, progress=progress)

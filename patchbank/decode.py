@@ -64,11 +64,12 @@ def decode_xyz(data: bytes, filename: str | None = None, field: str = "xyz") -> 
     return xyz
 
 
-def check_pair(image: Image.Image, xyz: np.ndarray) -> None:
+def check_pair(image: Image.Image, xyz: np.ndarray, fields: tuple[str, str] = ("rgb", "xyz")) -> None:
     """RGB and xyz may differ in resolution, not in aspect ratio (more than 1%)."""
     (w, h), (xh, xw) = image.size, xyz.shape[:2]
     a, b = w / h, xw / xh
     if abs(a - b) > ASPECT_TOLERANCE * a:
         raise InputError(
-            f"rgb ({w}x{h}) and xyz ({xw}x{xh}) have different aspect ratios ({a:.3f} vs {b:.3f})"
+            f"{fields[0]} ({w}x{h}) and {fields[1]} ({xw}x{xh}) have different aspect ratios "
+            f"({a:.3f} vs {b:.3f})"
         )

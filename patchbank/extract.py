@@ -8,19 +8,19 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 from tqdm.auto import tqdm
 
-from patchbank.data import SampleRef, read_rgb, read_xyz
-from patchbank.errors import DataError
+from patchbank.data import SampleRef
+from patchbank.errors import DataError, InputError
 from patchbank.features.base import FeatureExtractor
-from patchbank.preprocess import Prepared, prepare
+from patchbank.predict import Sample
+from patchbank.preprocess import Prepared
 
 
 def load_prepared(ref: SampleRef, size: int) -> Prepared:
-    """Read one sample from disk and prepare it; DataError names the file when rgb and xyz disagree."""
-    image, xyz = read_rgb(ref.rgb), read_xyz(ref.xyz)
-    (w, h), (xh, xw) = image.size, xyz.shape[:2]
-    if abs(w / h - xw / xh) > 0.01 * (w / h):
-        raise DataError(f"{ref.rgb} is {w}x{h} but {ref.xyz} is {xw}x{xh}: their aspect ratios differ")
-    return prepare(image, xyz, size)
+    """Read one sample from disk and prepare it as the service does; DataError names its files."""
+    try:
+        return Sample.from_ref(ref).prepare(size)
+    except InputError as exc:
+        raise DataError(str(exc)) from exc
 
 
 def iter_batches(

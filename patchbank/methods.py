@@ -1,6 +1,7 @@
 """Scoring methods by name: which banks a method keeps and how their scores combine.
 
-A method name is one or more feature extractors (:mod:`patchbank.features`):
+A method is what a bank scores with; an extractor is one of its parts. A method name is one or more
+registered feature extractors (:mod:`patchbank.features`):
 
 - ``fpfh``, ``rgb``, ``dino``, ``rgb+fpfh``: one bank of that extractor's patch features (``rgb+fpfh`` is
   BTF's per-patch concatenation, a single bank);
@@ -17,8 +18,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from patchbank.errors import InputError
-from patchbank.features import list_extractors
-from patchbank.fusion import FUSION_RULES, FusionRule
+from patchbank.features import EXTRACTORS, list_extractors
+from patchbank.fusion import FUSION_RULES
 
 DEFAULT_METHOD = "rgb/fpfh"
 MEMBER_SEP = "/"
@@ -31,11 +32,12 @@ class Method:
 
     name: str
     members: tuple[str, ...]
-    fusion: FusionRule | None
+    fusion: str | None
 
     @property
-    def needs_rgb_weights(self) -> bool:
-        return any(m != "fpfh" for m in self.members)
+    def needs_weights(self) -> bool:
+        """Whether any member loads backbone weights (registry metadata of its extractor)."""
+        return any(EXTRACTORS.get(m).needs_weights for m in self.members)
 
 
 def parse_method(name: str) -> Method:
@@ -58,6 +60,8 @@ def parse_method(name: str) -> Method:
         return Method(text, members, None)
     rule = rule or "max"
     if rule not in FUSION_RULES:
-        raise InputError(f"method {name!r}: unknown fusion rule {rule!r}; known: {', '.join(FUSION_RULES)}")
+        raise InputError(
+            f"method {name!r}: unknown fusion rule {rule!r}; known: {', '.join(FUSION_RULES.names())}"
+        )
     canonical = MEMBER_SEP.join(members) + ("" if rule == "max" else RULE_SEP + rule)
-    return Method(canonical, members, rule)  # type: ignore[arg-type]
+    return Method(canonical, members, rule)

@@ -10,7 +10,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 from PIL import Image
 
 IMAGE_SIZE = 224
@@ -39,6 +38,8 @@ def rgb_array(image: Image.Image, size: int = IMAGE_SIZE) -> np.ndarray:
 
 def resize_xyz(xyz: np.ndarray, size: int = IMAGE_SIZE) -> np.ndarray:
     """(size, size, 3) float32 by torch's nearest rule (src = floor(dst * in / out)), as BTF resizes clouds."""
+    import torch
+
     t = torch.from_numpy(np.ascontiguousarray(xyz, dtype=np.float32)).permute(2, 0, 1)[None]
     out = torch.nn.functional.interpolate(t, size=(size, size), mode="nearest")
     return out[0].permute(1, 2, 0).contiguous().numpy()

@@ -1,96 +1,86 @@
-"""The loaded banks of a serving process: category -> BankScorer, swapped atomically on reload.
+"""Parts by name, as timm's model registry: feature extractors, fusion rules, weight sources, samplers.
 
-Every category's active bank is loaded at start; a bad bank is reported and skipped, never fatal to the
-others. Extractors are shared: one per distinct (feature spec, weights), built once. A category name from a
-request is only looked up among the loaded banks, never joined into a filesystem path.
+A part registers itself with one decorator on its class; the class carries its metadata (its options
+model, and for extractors whether it needs weights and which source supplies them by default). Everything
+else (manifests, the command line's flags, ``compare``'s list) is derived from the registry, so a new part
+is one new module.
+
+Light on purpose: importing a registry (or a part's module) never imports torch, so ``--help`` is fast.
 """
 
 from __future__ import annotations
 
-import logging
-import threading
-from pathlib import Path
+from collections.abc import Callable, Iterator
+from typing import Any, ClassVar, Generic, TypeVar
 
-import numpy as np
+from pydantic import BaseModel, ConfigDict, ValidationError
 
-from patchbank import bank as bankfmt
-from patchbank.errors import NotFoundError, PatchbankError
-from patchbank.features import FeatureExtractor
-from patchbank.preprocess import Prepared
-from patchbank.scorer import BankScorer, member_extractor, recorded_spec
-
-log = logging.getLogger(__name__)
+from patchbank.errors import InputError
 
 
-class BankRegistry:
-    def __init__(self, banks: Path, device: str = "cpu", weights_override: str | None = None) -> None:
-        self.banks = Path(banks)
-        self.device = device
-        self.weights_override = weights_override
-        self._scorers: dict[str, BankScorer] = {}
-        self._extractors: dict[str, FeatureExtractor] = {}
-        self._lock = threading.Lock()
-        self.errors: dict[str, str] = {}
+class NoOptions(BaseModel):
+    """The options model of a part that has none."""
 
-    def load_all(self) -> dict[str, str]:
-        """Load the active bank of every category; returns {category: error} for those skipped."""
-        for category in bankfmt.list_categories(self.banks):
-            try:
-                self.reload(category)
-            except PatchbankError as exc:
-                self.errors[category] = str(exc)
-                log.error("skipping bank %s: %s", category, exc)
-        return dict(self.errors)
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
-    def reload(self, category: str, version: str | None = None) -> BankScorer:
-        """Load (or re-load) a category's bank and swap it in; the old one keeps serving on failure."""
-        bank = bankfmt.load_bank(self.banks, category, version, device=self.device)
-        scorer = BankScorer(bank, [self._extractor_for(m) for m in bank.manifest.members])
-        with self._lock:
-            self._scorers[category] = scorer
-            self.errors.pop(category, None)
-        sizes = "+".join(str(len(ix)) for ix in bank.indices)
-        log.info("loaded bank %s (%s, %s vectors)", bank.ref, bank.manifest.method, sizes)
-        return scorer
 
-    def _extractor_for(self, member: bankfmt.Member) -> FeatureExtractor:
-        key = recorded_spec(member).model_dump_json() + "|" + (member.weights.params_sha256 or "")
-        with self._lock:
-            cached = self._extractors.get(key)
-        if cached is not None:
-            return cached
-        extractor = member_extractor(member, self.device, self.weights_override)
-        with self._lock:
-            return self._extractors.setdefault(key, extractor)
+class Part:
+    """What every registered class has: its name (set by the registry) and its options model."""
 
-    def get(self, category: str) -> BankScorer:
-        with self._lock:
-            scorer = self._scorers.get(category)
-        if scorer is None:
-            known = ", ".join(self.categories()) or "none loaded"
-            raise NotFoundError(f"unknown category {category!r} (loaded: {known})")
-        return scorer
+    name: ClassVar[str]
+    options_model: ClassVar[type[BaseModel]] = NoOptions
 
-    def version_of(self, category: str) -> str | None:
-        """The loaded bank version of a category, or None."""
-        with self._lock:
-            scorer = self._scorers.get(category)
-        return scorer.bank.manifest.version if scorer else None
 
-    def categories(self) -> list[str]:
-        with self._lock:
-            return sorted(self._scorers)
+P = TypeVar("P", bound=type[Part])
 
-    def extractors(self) -> list[FeatureExtractor]:
-        with self._lock:
-            return list(self._extractors.values())
 
-    def warm_up(self) -> None:
-        """One forward pass per extractor (allocations, lazy imports) before the process says ready."""
-        size = 224
-        yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
-        xyz = np.stack([(xx - size / 2) * 1e-3, (yy - size / 2) * 1e-3, np.full_like(xx, 0.5)], axis=-1)
-        dummy = Prepared(rgb=np.zeros((3, size, size), np.float32), xyz=xyz, input_size=(size, size))
-        for extractor in self.extractors():
-            if extractor.image_size == size:
-                extractor.extract([dummy])
+class Registry(Generic[P]):
+    """Named classes of one kind of part."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self._parts: dict[str, Any] = {}
+
+    def register(self, name: str) -> Callable[[P], P]:
+        """Class decorator: register the class under ``name`` (a later registration of a name replaces it)."""
+
+        def deco(cls: P) -> P:
+            cls.name = name
+            self._parts[name] = cls
+            return cls
+
+        return deco
+
+    def remove(self, name: str) -> None:
+        """Forget ``name`` (a part registered for a while, e.g. in a test)."""
+        self._parts.pop(name, None)
+
+    def names(self) -> list[str]:
+        return sorted(self._parts)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._parts
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.names())
+
+    def get(self, name: str) -> P:
+        """The class registered as ``name``; InputError listing the known names otherwise."""
+        try:
+            return self._parts[name]
+        except KeyError:
+            raise InputError(f"unknown {self.kind} {name!r}; known: {', '.join(self.names())}") from None
+
+    def options(self, name: str, given: dict[str, Any] | None = None) -> BaseModel:
+        """``name``'s options model filled from ``given`` (defaults for the rest); InputError naming the
+        option that is wrong."""
+        return parse_options(self.get(name).options_model, given, f"{self.kind} {name}")
+
+
+def parse_options(model: type[BaseModel], given: dict[str, Any] | None, what: str) -> BaseModel:
+    try:
+        return model(**(given or {}))
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(map(str, first["loc"]))
+        raise InputError(f"bad option for {what}: {where}: {first['msg']}") from exc

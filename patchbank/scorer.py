@@ -217,7 +217,7 @@ def recorded_spec(member: Member) -> FeatureSpec:
     """The member's feature spec with its options' defaults filled in: an option added since the bank was
     written counts at its default, which is what the bank was built with."""
     f = member.features
-    return f.model_copy(update={"options": resolve_options(f.method, f.options)})
+    return f.model_copy(update={"options": resolve_options(f.extractor, f.options)})
 
 
 def check_compatible(ref: str, member: Member, extractor: FeatureExtractor) -> None:
@@ -237,7 +237,7 @@ def member_extractor(member: Member, device: str = "cpu", weights: str | None = 
     """Exactly the extractor a member records (``weights``: a moved file of the same weights)."""
     f = member.features
     override = weights if member.weights.kind != "none" else None
-    return create_extractor(f.method, f.options, member.weights, device, override)
+    return create_extractor(f.extractor, f.options, member.weights, device, override)
 
 
 def load_scorer(

@@ -1,6 +1,12 @@
 #!/usr/bin/env bash
-# Install what Patchbank needs on a fresh Debian machine: system libraries, then a virtualenv at .venv with
-# the project, its engine extra and dev tools, pinned by constraints.txt. Safe to run again.
+# Install what Patchbank needs on a fresh Debian machine: system libraries, then a virtualenv with the
+# project, its engine extra and dev tools, pinned by constraints.txt. Safe to run again.
+#
+#   bash scripts/setup.sh                                   # .venv with python3.11 (else python3)
+#   PYTHON=python3.12 VENV=.venv-3.12 bash scripts/setup.sh # another Python, in its own venv
+#
+# PYTHON is a command or a path. A pythonX.Y that is not on PATH (or is only a pyenv shim of a version not
+# selected) is looked up under $(pyenv root)/versions/X.Y.*/bin/. VENV is relative to the repository root.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -16,9 +22,64 @@ if ((${#missing[@]})); then
   fi
 fi
 
-python=${PYTHON:-python3.11}
-command -v "$python" >/dev/null || python=python3
-[[ -x .venv/bin/python ]] || "$python" -m venv .venv
-.venv/bin/python -m pip install -q --upgrade pip 2>&1 | grep -v "^WARNING: Location" || true
-.venv/bin/python -m pip install -q -c constraints.txt -e ".[engine,dev]" 2>&1 | grep -v "^WARNING: Location" || true
-.venv/bin/python -c "import faiss, open3d, timm, torch; print('patchbank engine ready: torch', torch.__version__)"
+die() { echo "setup.sh: $*" >&2; exit 1; }
+
+# Print the path of a working interpreter for $1 (a command or a path), or nothing.
+resolve_python() {
+  local want=$1 found="" root candidate
+  if [[ $want == */* ]]; then
+    [[ -x $want ]] && found=$want
+  elif found=$(command -v "$want" 2>/dev/null); then
+    "$found" -c 'import sys' >/dev/null 2>&1 || found=""   # a pyenv shim of a version that is not selected
+  fi
+  if [[ -z $found && $want =~ ^python([0-9]+\.[0-9]+)$ ]]; then
+    root=$(pyenv root 2>/dev/null) || root=${PYENV_ROOT:-$HOME/.pyenv}
+    # the newest X.Y.N build; free-threaded (3.13.0t) and other suffixed builds do not match the pattern
+    for candidate in $(compgen -G "$root/versions/${BASH_REMATCH[1]}.*/bin/$want" | sort -V); do
+      [[ $candidate =~ /versions/[0-9]+\.[0-9]+\.[0-9]+/bin/ ]] && found=$candidate
+    done
+  fi
+  [[ -n $found ]] && "$found" -c 'import sys' >/dev/null 2>&1 && echo "$found"
+  return 0
+}
+
+if [[ -n ${PYTHON:-} ]]; then
+  python=$(resolve_python "$PYTHON")
+  [[ -n $python ]] || die "PYTHON=$PYTHON: no such interpreter on PATH or under \$(pyenv root)/versions/"
+else
+  python=$(resolve_python python3.11)
+  [[ -n $python ]] || python=$(resolve_python python3)
+  [[ -n $python ]] || die "no python3.11 or python3 found; set PYTHON"
+fi
+"$python" -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
+  || die "$python is Python $("$python" -c 'import platform; print(platform.python_version())'); Patchbank needs 3.11+"
+
+venv=${VENV:-.venv}
+want_version=$("$python" -c 'import sys; print("%d.%d" % sys.version_info[:2])')
+if [[ -e $venv ]]; then
+  if have_version=$("$venv/bin/python" -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null); then
+    [[ $have_version == "$want_version" ]] \
+      || die "$venv is a Python $have_version venv, not $want_version ($python); remove it or set VENV"
+  elif [[ -f $venv/pyvenv.cfg ]]; then  # a venv whose interpreter is gone (or half made): make it again
+    "$python" -m venv --clear "$venv"
+  else
+    die "$venv exists and is not a virtualenv; remove it or set VENV"
+  fi
+else
+  "$python" -m venv "$venv"
+fi
+
+# pip, quietly: the extra local indexes of some machines warn on every package they lack; hide those
+# lines, but never pip's exit status.
+pip_q() {
+  local out status=0
+  out=$("$venv/bin/python" -m pip "$@" 2>&1) || status=$?
+  [[ -z $out ]] || grep -v '^WARNING: Location' <<<"$out" >&2 || true
+  return "$status"
+}
+pip_q install -q --upgrade pip || die "upgrading pip in $venv failed"
+pip_q install -q -c constraints.txt -e ".[engine,dev]" || die "pip install into $venv failed"
+"$venv/bin/python" -c "
+import platform, faiss, open3d, timm, torch
+print('patchbank engine ready in $venv: Python', platform.python_version() + ', torch', torch.__version__)
+"

@@ -3,7 +3,7 @@
 Errors are typed exceptions (the :class:`PatchbankError` family) mapped to status codes in one place.
 Scoring runs in worker threads (never on the event loop), at most ``concurrency`` at once with at most
 ``queue_size`` samples waiting; beyond that the answer is 503 with ``Retry-After``. Concurrent single-sample
-requests for one bank are batched (``max_batch``, see :mod:`service.batching`).
+requests for one bank are batched (``max_batch``, see :mod:`patchbank_service.batching`).
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from patchbank import bank as bankfmt
+from patchbank.config import require, weights_override
 from patchbank.errors import (
     BankError,
     InputError,
@@ -32,12 +33,12 @@ from patchbank.errors import (
     PayloadTooLargeError,
     WeightsError,
 )
-from patchbank.registry import BankRegistry
+from patchbank.loaded import LoadedBanks
+from patchbank.predict import Sample
 from patchbank.scorer import BankScorer
-from service.batching import Batcher
-from service.fleet import FleetLink, IdempotencyConflict, event_fields, request_digest
-from service.limits import BodyLimit
-from service.models import (
+from patchbank_service.batching import Batcher
+from patchbank_service.limits import BodyLimit
+from patchbank_service.models import (
     BatchResponse,
     CategoriesResponse,
     CategoryInfo,
@@ -48,9 +49,10 @@ from service.models import (
     Readiness,
     ScoreResponse,
 )
-from service.observability import Metrics
-from service.scoring import Upload, score_uploads
-from service.settings import ServiceSettings
+from patchbank_service.observability import Metrics
+from patchbank_service.replicas import IdempotencyConflict, ReplicaLink, event_fields, request_digest
+from patchbank_service.scoring import score_samples
+from patchbank_service.settings import ServiceSettings
 
 log = logging.getLogger("patchbank.service")
 T = TypeVar("T")
@@ -85,7 +87,7 @@ STATUS: list[tuple[type[Exception], int]] = [
 class State:
     """What every request shares: settings, the loaded banks, metrics, and the admission counter."""
 
-    def __init__(self, settings: ServiceSettings, registry: BankRegistry) -> None:
+    def __init__(self, settings: ServiceSettings, registry: LoadedBanks) -> None:
         self.settings = settings
         self.registry = registry
         self.metrics = Metrics()
@@ -95,12 +97,12 @@ class State:
             self.batcher = Batcher(self.in_thread, settings.max_batch, self.metrics.batch_size.observe)
         self.admitted = 0
         self.ready = False
-        self.fleet: FleetLink | None = None
+        self.fleet: ReplicaLink | None = None
         if settings.redis_url:
-            self.fleet = FleetLink(
+            self.fleet = ReplicaLink(
                 settings.redis_url,
                 registry,
-                settings.banks,
+                registry.banks,
                 self.metrics,
                 settings.sync_interval_s,
                 settings.stream_maxlen,
@@ -144,12 +146,12 @@ class State:
         with self.admit():
             return await self.in_thread(fn, *args)
 
-    async def score_one(self, scorer: BankScorer, upload: Upload, fmt: MapFormat) -> ScoreResponse:
+    async def score_one(self, scorer: BankScorer, upload: Sample, fmt: MapFormat) -> ScoreResponse:
         """One sample, batched with concurrent requests for the same bank when ``max_batch`` > 1."""
         with self.admit():
             if self.batcher is None:
                 self.metrics.batch_size.observe(1)
-                return (await self.in_thread(score_uploads, scorer, [upload], fmt))[0]
+                return (await self.in_thread(score_samples, scorer, [upload], fmt))[0]
             return await self.batcher.score(scorer, upload, fmt)
 
 
@@ -199,12 +201,13 @@ def category_info(scorer: BankScorer) -> CategoryInfo:
     )
 
 
-def create_app(settings: ServiceSettings | None = None, registry: BankRegistry | None = None) -> FastAPI:
+def create_app(settings: ServiceSettings | None = None, registry: LoadedBanks | None = None) -> FastAPI:
     settings = settings or ServiceSettings()
+    banks = require(settings.banks, "banks directory", "--banks", "PATCHBANK_BANKS")
     if registry is None:
         from patchbank.config import default_device
 
-        registry = BankRegistry(settings.banks, default_device(settings.device), settings.weights)
+        registry = LoadedBanks(banks, default_device(settings.device), weights_override(settings.weights))
     state = State(settings, registry)
 
     @asynccontextmanager
@@ -276,7 +279,7 @@ def _install_routes(app: FastAPI) -> None:
         """Score one sample: image score, OK/NG decision, defect regions and the anomaly map."""
         start = time.perf_counter()
         scorer = state.scorer(category)
-        upload = Upload(await rgb.read(), await xyz.read(), xyz.filename, sample_id)
+        upload = Sample(await rgb.read(), await xyz.read(), xyz.filename, sample_id)
         fmt = map or state.settings.default_map
         digest = None
         if idempotency_key and state.fleet is not None:
@@ -310,11 +313,11 @@ def _install_routes(app: FastAPI) -> None:
         scorer = state.scorer(category)
         ids = sample_id or [None] * len(rgb)
         uploads = [
-            Upload(await r.read(), await x.read(), x.filename, i)
+            Sample(await r.read(), await x.read(), x.filename, i)
             for r, x, i in zip(rgb, xyz, ids, strict=True)
         ]
         state.metrics.batch_size.observe(len(uploads))
-        results = await state.run(score_uploads, scorer, uploads, map or state.settings.default_map)
+        results = await state.run(score_samples, scorer, uploads, map or state.settings.default_map)
         _observe(state, results, start)
         return BatchResponse(results=results)
 
@@ -341,7 +344,7 @@ def _install_routes(app: FastAPI) -> None:
     )
     async def reload(state: StateDep, name: str) -> CategoryInfo:
         """Load the category's active bank again (e.g. after build-bank); the old bank serves until then."""
-        if name not in bankfmt.list_categories(state.settings.banks):
+        if name not in bankfmt.list_categories(state.registry.banks):
             raise NotFoundError(f"no bank directory for category {name!r} under the banks directory")
         scorer = await anyio.to_thread.run_sync(state.registry.reload, name)
         return category_info(scorer)

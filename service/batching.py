@@ -14,9 +14,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from patchbank.errors import PatchbankError
+from patchbank.predict import Sample
 from patchbank.scorer import BankScorer
-from service.models import MapFormat, ScoreResponse
-from service.scoring import Upload, score_uploads
+from patchbank_service.models import MapFormat, ScoreResponse
+from patchbank_service.scoring import score_samples
 
 Runner = Callable[..., Awaitable[Any]]  # runs fn(*args) in a worker thread
 
@@ -24,7 +25,7 @@ Runner = Callable[..., Awaitable[Any]]  # runs fn(*args) in a worker thread
 @dataclass
 class _Queue:
     scorer: BankScorer
-    jobs: list[tuple[Upload, asyncio.Future[ScoreResponse]]] = field(default_factory=list)
+    jobs: list[tuple[Sample, asyncio.Future[ScoreResponse]]] = field(default_factory=list)
     draining: bool = False
 
 
@@ -38,7 +39,7 @@ class Batcher:
         self._queues: dict[tuple[int, str], _Queue] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 
-    async def score(self, scorer: BankScorer, upload: Upload, fmt: MapFormat) -> ScoreResponse:
+    async def score(self, scorer: BankScorer, upload: Sample, fmt: MapFormat) -> ScoreResponse:
         key = (id(scorer), fmt)
         queue = self._queues.setdefault(key, _Queue(scorer))
         future: asyncio.Future[ScoreResponse] = asyncio.get_running_loop().create_future()
@@ -62,17 +63,17 @@ class Batcher:
                 del self._queues[key]
 
     async def _score(
-        self, scorer: BankScorer, batch: list[tuple[Upload, asyncio.Future[ScoreResponse]]], fmt: MapFormat
+        self, scorer: BankScorer, batch: list[tuple[Sample, asyncio.Future[ScoreResponse]]], fmt: MapFormat
     ) -> None:
         try:
-            results = await self._run(score_uploads, scorer, [u for u, _ in batch], fmt)
+            results = await self._run(score_samples, scorer, [u for u, _ in batch], fmt)
         except PatchbankError as exc:
             if len(batch) == 1:
                 _settle(batch[0][1], exc=exc)
                 return
             for upload, future in batch:  # find the bad sample(s): the others still get their answers
                 try:
-                    _settle(future, (await self._run(score_uploads, scorer, [upload], fmt))[0])
+                    _settle(future, (await self._run(score_samples, scorer, [upload], fmt))[0])
                 except Exception as one:  # handed to that request's handler
                     _settle(future, exc=one)
         except BaseException as exc:  # every waiting request must hear of it

@@ -1,15 +1,16 @@
-"""``serve``: run the scoring service under uvicorn (SIGTERM: stop accepting, finish in-flight, exit)."""
+"""``patchbank serve``: run the scoring service under uvicorn (SIGTERM: stop accepting, finish in-flight,
+exit). Settings come from ``PATCHBANK_*`` and ``patchbank.toml``; the flags here override a few."""
 
 from __future__ import annotations
 
 import argparse
-import sys
-from collections.abc import Sequence
 from pathlib import Path
 
+from patchbank.cli import Command
+from patchbank.errors import ConfigError
 
-def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="serve", description="Serve every category's active bank over HTTP.")
+
+def _configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--banks", type=Path, help="banks directory (default PATCHBANK_BANKS)")
     p.add_argument("--host", default="127.0.0.1", help="interface to bind (0.0.0.0 in containers)")
     p.add_argument("--port", type=int, default=8000)
@@ -17,26 +18,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument(
         "--grace", type=float, default=30.0, help="seconds to finish in-flight requests on SIGTERM"
     )
-    args = p.parse_args(argv)
 
+
+def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
-    from patchbank.errors import PatchbankError
-    from service.app import create_app
-    from service.observability import configure_logging
-    from service.settings import ServiceSettings
+    from patchbank_service.app import create_app
+    from patchbank_service.observability import configure_logging
+    from patchbank_service.settings import ServiceSettings
 
     overrides = {k: v for k, v in (("banks", args.banks), ("device", args.device)) if v is not None}
     settings = ServiceSettings(**overrides)
-    if not settings.banks.is_dir():
-        print(f"error: banks directory {settings.banks} does not exist", file=sys.stderr)
-        return 2
+    if settings.banks is not None and not settings.banks.is_dir():
+        raise ConfigError(f"banks directory {settings.banks} does not exist")
     configure_logging(settings.log_json)
-    try:
-        app = create_app(settings)
-    except PatchbankError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    app = create_app(settings)
     uvicorn.run(
         app,
         host=args.host,
@@ -48,5 +44,4 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+SERVE = Command("serve", "serve every category's active bank over HTTP", _configure, _serve)

@@ -6,6 +6,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
+from patchbank.bank import EvaluationRecord
+from patchbank.predict import StageTimings
+
 MapFormat = Literal["none", "png", "array"]
 
 
@@ -28,11 +31,7 @@ class RegionOut(BaseModel):
     peak_score: float = Field(description="largest anomaly-map value in the region")
 
 
-class Timings(BaseModel):
-    decode: float = Field(description="milliseconds decoding and preparing the upload")
-    features: float = Field(description="milliseconds of feature extraction")
-    search: float = Field(description="milliseconds of nearest-neighbour search, reweighting and the 224 map")
-    post: float = Field(description="milliseconds resizing the map, finding regions, encoding")
+class Timings(StageTimings):
     total: float = Field(description="milliseconds from the request's arrival to the answer")
 
 
@@ -72,9 +71,7 @@ class CategoryInfo(BaseModel):
     calibration: dict[str, Any] | None = Field(
         None, description="how the thresholds were calibrated and the measured false-reject rate"
     )
-    evaluation: dict[str, Any] | None = Field(
-        None, description="figures on the test split when the bank was built"
-    )
+    evaluation: EvaluationRecord | None = Field(None, description="figures on the test split when the bank was built")
 
 
 class CategoriesResponse(BaseModel):

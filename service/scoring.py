@@ -1,79 +1,39 @@
-"""The CPU/GPU work of one request, run in a worker thread: decode, features, search, post-processing."""
+"""The service's side of one scoring pass, run in a worker thread: the library's :func:`predict`, then the
+JSON answer (map encoding, regions as API models)."""
 
 from __future__ import annotations
 
 import base64
-import time
-from dataclasses import dataclass
 
 import numpy as np
 
-from patchbank.decode import check_pair, decode_rgb, decode_xyz
-from patchbank.preprocess import prepare
-from patchbank.regions import find_regions, heatmap_png
-from patchbank.scorer import BankScorer, resize_map
-from service.models import AnomalyMap, MapFormat, RegionOut, ScoreResponse, Timings
+from patchbank.predict import Prediction, Sample, predict
+from patchbank.regions import heatmap_png
+from patchbank.scorer import BankScorer
+from patchbank_service.models import AnomalyMap, MapFormat, RegionOut, ScoreResponse, Timings
 
 
-@dataclass(frozen=True)
-class Upload:
-    """One sample as received: raw bytes of both files and the xyz file's name (its suffix picks the codec)."""
-
-    rgb: bytes
-    xyz: bytes
-    xyz_name: str | None = None
-    sample_id: str | None = None
-
-
-def _ms(start: float) -> float:
-    return (time.perf_counter() - start) * 1000.0
-
-
-def score_uploads(scorer: BankScorer, uploads: list[Upload], map_format: MapFormat) -> list[ScoreResponse]:
-    """Score uploads in one batch (one backbone pass, one search); timings are per batch."""
-    t0 = time.perf_counter()
-    prepared = []
-    for i, up in enumerate(uploads):
-        suffix = f"[{i}]" if len(uploads) > 1 else ""
-        image = decode_rgb(up.rgb, f"rgb{suffix}")
-        xyz = decode_xyz(up.xyz, up.xyz_name, f"xyz{suffix}")
-        check_pair(image, xyz)
-        prepared.append(prepare(image, xyz, scorer.image_size))
-    decode_ms = _ms(t0)
-
-    t1 = time.perf_counter()
-    feats = scorer.features(prepared)
-    features_ms = _ms(t1)
-
-    t2 = time.perf_counter()
-    scores = scorer.score_features(feats)
-    search_ms = _ms(t2)
-
-    t3 = time.perf_counter()
+def score_samples(scorer: BankScorer, samples: list[Sample], map_format: MapFormat) -> list[ScoreResponse]:
+    """Score samples in one pass (one backbone pass, one search); every answer has its own timings."""
     m = scorer.bank.manifest
-    bodies = []
-    for i, (up, p) in enumerate(zip(uploads, prepared, strict=True)):
-        amap = resize_map(scores.maps[i], p.input_size)
-        image_score = float(scores.image[i])
-        bodies.append(
-            dict(
-                category=m.category,
-                bank_version=m.version,
-                sample_id=up.sample_id,
-                image_score=image_score,
-                threshold=m.thresholds.image,
-                pixel_threshold=m.thresholds.pixel,
-                is_anomalous=image_score > m.thresholds.image,
-                anomaly_map=encode_map(amap, map_format, m.thresholds.pixel),
-                regions=[
-                    RegionOut(bbox=r.bbox, area_px=r.area_px, peak_score=r.peak_score)
-                    for r in find_regions(amap, m.thresholds.pixel)
-                ],
-            )
-        )
-    post_ms = _ms(t3)
-    timings = Timings(decode=decode_ms, features=features_ms, search=search_ms, post=post_ms, total=_ms(t0))
-    return [ScoreResponse(**b, timings_ms=timings) for b in bodies]
+    return [response(m.category, m.version, p, map_format) for p in predict(scorer, samples)]
+
+
+def response(category: str, version: str, p: Prediction, map_format: MapFormat) -> ScoreResponse:
+    """A prediction as the API answers it (``timings_ms.total`` is set when the request completes)."""
+    assert p.anomaly_map is not None  # predict() makes full maps by default
+    return ScoreResponse(
+        category=category,
+        bank_version=version,
+        sample_id=p.sample_id,
+        image_score=p.image_score,
+        threshold=p.image_threshold,
+        pixel_threshold=p.pixel_threshold,
+        is_anomalous=p.is_anomalous,
+        anomaly_map=encode_map(p.anomaly_map, map_format, p.pixel_threshold),
+        regions=[RegionOut(bbox=r.bbox, area_px=r.area_px, peak_score=r.peak_score) for r in p.regions],
+        timings_ms=Timings(**p.timings.model_dump(), total=sum(p.timings.model_dump().values())),
+    )
 
 
 def encode_map(amap: np.ndarray, fmt: MapFormat, pixel_threshold: float) -> AnomalyMap | None:

@@ -1,20 +1,17 @@
-"""Service configuration from the environment (``PATCHBANK_*``), as a pydantic-settings model."""
+"""Service configuration: the shared :class:`patchbank.config.Settings` (``PATCHBANK_*`` and the TOML file)
+plus what only the service reads."""
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import Field, field_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic_settings import NoDecode
+
+from patchbank.config import Settings
 
 
-class ServiceSettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="PATCHBANK_", extra="ignore")
-
-    banks: Path = Field(Path("banks"), description="directory of bank versions, one folder per category")
-    device: str | None = Field(None, description="cpu or cuda; default: cuda when available")
-    weights: str | None = Field(None, description="local RGB weights file when a bank's recorded file moved")
+class ServiceSettings(Settings):
     max_upload_mb: float = Field(64.0, gt=0, description="largest request body, MiB (413 above)")
     api_keys: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="comma-separated keys for X-API-Key; empty = no authentication"
@@ -29,11 +26,6 @@ class ServiceSettings(BaseSettings):
     )
     default_map: Literal["none", "png", "array"] = Field("png", description="anomaly map format by default")
     log_json: bool = Field(True, description="structured JSON-lines logs")
-    redis_url: str | None = Field(
-        None,
-        validation_alias="REDIS_URL",
-        description="redis:// or rediss:// URL; unset = one process, no Redis",
-    )
     sync_interval_s: float = Field(2.0, gt=0, description="how often a replica re-reads the shared registry")
     stream_maxlen: int = Field(10000, ge=1, description="score events kept per category in the Redis stream")
     idempotency_ttl_s: int = Field(86400, ge=1, description="how long an Idempotency-Key's answer is kept")

@@ -1,4 +1,4 @@
-"""Shared fixtures: one tiny synthetic dataset and one FPFH bank per test run (real files, real FAISS)."""
+"""Shared fixtures: one tiny synthetic dataset per test run (real files), written by the demo generator."""
 
 from __future__ import annotations
 
@@ -7,9 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from bank_builder.build import BuildRequest, BuildResult, build_bank
-from bank_builder.demo_data import generate
-from patchbank.coreset import CoresetSpec
+from patchbank_synthetic.demo_data import generate
 
 CATEGORY = "puck"
 OTHER = "bracket"
@@ -28,18 +26,3 @@ def demo_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
         root, [CATEGORY, OTHER], n_train=6, n_validation=4, n_test=1, size=(160, 120), seed=0, progress=False
     )
     return root
-
-
-@pytest.fixture(scope="session")
-def fpfh_build(demo_root: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, BuildResult]:
-    """An FPFH bank of the demo category, evaluated on its test split."""
-    banks = tmp_path_factory.mktemp("banks")
-    req = BuildRequest(
-        category=CATEGORY,
-        data_root=demo_root,
-        banks=banks,
-        method="fpfh",
-        coreset=CoresetSpec(ratio=0.1, seed=0),
-        progress=False,
-    )
-    return banks, build_bank(req)

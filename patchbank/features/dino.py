@@ -14,11 +14,9 @@ seeded random init.
 
 from __future__ import annotations
 
-from typing import ClassVar
-
 from pydantic import Field
 
-from patchbank.features.base import register
+from patchbank.features.base import register_extractor
 from patchbank.features.rgb import RGBExtractor, RGBOptions
 
 
@@ -40,11 +38,8 @@ class DINOOptions(RGBOptions):
         return self.final_norm
 
 
+@register_extractor("dino")
 class DINOExtractor(RGBExtractor):
     """(B, 784, 768) DINO ViT-B/8 patch features by default."""
 
-    name = "dino"
-    options_model: ClassVar[type[RGBOptions]] = DINOOptions
-
-
-register("dino", DINOOptions)(DINOExtractor.create)
+    options_model = DINOOptions

@@ -19,16 +19,17 @@ Where the neighbours come from (``neighbours``):
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
-import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from patchbank.background import BackgroundOptions, remove_background
-from patchbank.features.base import FeatureExtractor, FeatureSpec, register, to_grid
+from patchbank.features.base import FeatureExtractor, FeatureSpec, register_extractor, to_grid
 from patchbank.preprocess import Prepared, valid_points
-from patchbank.weights import WeightsIdentity, WeightsRequest
+
+if TYPE_CHECKING:
+    import torch
 
 FPFH_DIM = 33
 
@@ -77,14 +78,17 @@ def _numba_available() -> bool:
     return True
 
 
+@register_extractor("fpfh")
 class FPFHExtractor(FeatureExtractor):
     """FPFH on the CPU (Open3D or numba) or, for ``grid`` on a CUDA device or without numba, in torch."""
 
-    name = "fpfh"
+    options_model = FPFHOptions
 
-    def __init__(self, options: dict[str, Any], device: str = "cpu") -> None:
-        self.opts = FPFHOptions(**options)
-        self.spec = FeatureSpec(method=self.name, options=self.opts.model_dump(mode="json"), dim=FPFH_DIM)
+    def __init__(self, options: FPFHOptions | None = None, device: str = "cpu") -> None:
+        import torch
+
+        self.opts = options or FPFHOptions()
+        self.spec = FeatureSpec(extractor=self.name, options=self.opts.model_dump(mode="json"), dim=FPFH_DIM)
         self.device = torch.device(device)
         self.backend = self._backend()
 
@@ -100,6 +104,8 @@ class FPFHExtractor(FeatureExtractor):
 
     def grid_maps(self, batch: Sequence[Prepared]) -> torch.Tensor:
         """(B, 33, 28, 28) pooled FPFH maps, float64 (as Open3D's descriptors), on the extractor's device."""
+        import torch
+
         o = self.opts
         args = (o.normal_radius, o.normal_max_nn, o.feature_radius, o.feature_max_nn, o.window)
         clouds = self.clouds(batch)
@@ -116,12 +122,3 @@ class FPFHExtractor(FeatureExtractor):
             maps = np.stack([fpfh_map(xyz, o) for xyz in clouds])
         return to_grid(torch.from_numpy(maps))
 
-
-@register("fpfh", FPFHOptions)
-def _create_fpfh(
-    options: dict[str, Any],
-    weights: WeightsRequest | WeightsIdentity | None,
-    device: str,
-    override: str | None,
-) -> FeatureExtractor:
-    return FPFHExtractor(options, device)

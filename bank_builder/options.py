@@ -1,0 +1,109 @@
+"""The offline commands' options as typed models: the command line's flags are generated from them
+(:func:`patchbank.cli.add_model_flags`), so the flags, their help and their checks cannot drift apart.
+
+Light on purpose (pydantic only): ``patchbank build --help`` never imports the engine.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from patchbank.coreset import CoresetSpec
+from patchbank.methods import DEFAULT_METHOD
+
+DEFAULT_TARGET_FRR = 0.01
+DEFAULT_TOLERANCE = 0.01
+DEFAULT_KEEP = 5
+RULES = ("target-frr", "f1")
+
+
+class Options(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Where(Options):
+    """Which category, and where its data and banks live (flags, else settings: PATCHBANK_*, patchbank.toml)."""
+
+    category: str = Field(description="category name, e.g. cable_gland")
+    data_root: Path | None = Field(None, description="dataset root (MVTec 3D-AD layout); default PATCHBANK_DATA_ROOT")
+    banks: Path | None = Field(None, description="banks directory; default PATCHBANK_BANKS")
+    device: str | None = Field(None, description="cpu or cuda (default: cuda when available)")
+    quiet: bool = Field(False, description="no progress bars, warnings only")
+
+
+class Publishing(Options):
+    publish: bool = Field(
+        False, description="make the new version active in Redis (REDIS_URL) so every replica swaps to it"
+    )
+    force: bool = Field(False, description="publish even if it evaluates worse than the active one")
+    tolerance: float = Field(
+        DEFAULT_TOLERANCE, ge=0, description="how much worse (I-AUROC, AU-PRO, P-AUROC) is still published"
+    )
+    keep: int = Field(DEFAULT_KEEP, ge=1, description="versions kept for rollback when publishing")
+
+
+class Features(Options):
+    """How banks are built; each extractor's own options come as --NAME.OPTION flags."""
+
+    weights: str | None = Field(
+        None,
+        description="backbone weights of members that need them: NAME[:VALUE] (pretrained[:TAG], "
+        "file:PATH, random[:SEED] for tests and demos) or a file's path; default PATCHBANK_WEIGHTS, else "
+        "each extractor's default source (--NAME.weights sets one member's)",
+    )
+    coreset: CoresetSpec = Field(default_factory=CoresetSpec, description="coreset subsampling")
+    index: Literal["flat", "hnsw"] | None = Field(
+        None, description="search index: flat (exact) or hnsw (approximate); default hnsw from 256-d up"
+    )
+    batch_size: int = Field(8, ge=1, description="samples per feature batch")
+    target_frr: float | None = Field(
+        None, gt=0, lt=1, description=f"calibration: false-reject rate aimed at (default {DEFAULT_TARGET_FRR})"
+    )
+
+
+class BuildOptions(Where, Features, Publishing):
+    method: str = Field(
+        DEFAULT_METHOD,
+        description="scoring method: one extractor for one bank, several joined by / for late fusion "
+        "(@RULE picks the fusion rule, e.g. rgb/fpfh@svm)",
+    )
+    calibrate: bool = Field(
+        False, description="set the thresholds at --target-frr on held-out goods, with a cross-validated FRR"
+    )
+    evaluate: bool = Field(True, description="evaluate on the test split")
+    json_file: Path | None = Field(None, json_schema_extra={"flag": "json"}, description="also write the evaluation as JSON")
+
+
+class CompareOptions(Where, Features):
+    methods: tuple[str, ...] = Field(
+        ("rgb+fpfh", "rgb/fpfh", "rgb/fpfh@svm"), description="methods to build, calibrate and evaluate"
+    )
+    json_file: Path | None = Field(None, json_schema_extra={"flag": "json"}, description="also write every method's evaluation as JSON")
+
+
+class EvaluateOptions(Where):
+    version: str | None = Field(None, description="bank version (default: the active one)")
+    weights: str | None = Field(None, description="the bank's weights file if it moved (sha256 must match)")
+    json_file: Path | None = Field(None, json_schema_extra={"flag": "json"}, description="write the figures and per-sample scores as JSON")
+
+
+class CalibrateOptions(Where, Publishing):
+    version: str | None = Field(None, description="bank version to calibrate (default: the active one)")
+    rule: Literal["target-frr", "f1"] = Field(
+        "target-frr", description="target-frr: at a false-reject rate on held-out goods; f1: best F1 on labelled anomalies"
+    )
+    target_frr: float = Field(DEFAULT_TARGET_FRR, gt=0, lt=1, description="false-reject rate aimed at")
+    labelled: str = Field(
+        "test", description="rule f1: the split with labelled anomalies (good and defect kinds with masks)"
+    )
+    weights: str | None = Field(None, description="the bank's weights file if it moved (rule f1)")
+
+
+class PublishOptions(Publishing):
+    category: str = Field(description="category name")
+    version: str = Field(description="the version to make active, e.g. v0003 (also: rollback)")
+    banks: Path | None = Field(None, description="banks directory; default PATCHBANK_BANKS")
+    quiet: bool = Field(False, description="warnings only")

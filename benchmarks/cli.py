@@ -1,0 +1,100 @@
+"""``patchbank bench``: every stage of build and score, the product's path next to BTF's reference recipe
+(:mod:`patchbank_benchmarks.bench`)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from patchbank.cli import Command
+from patchbank.errors import InputError
+
+
+def _split(text: str, flag: str) -> list[str]:
+    items = [v.strip() for v in text.split(",") if v.strip()]
+    if not items:
+        raise InputError(f"{flag} needs at least one value")
+    return items
+
+
+def _positive(text: str, flag: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise InputError(f"{flag} takes positive integers, got {text!r}")
+    return int(text)
+
+
+def _configure(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--root", type=Path, default=Path("bench-work"), help="demo data and scratch (default bench-work)"
+    )
+    p.add_argument("--category", default="puck", help="demo category (default puck)")
+    p.add_argument(
+        "--methods", default="fpfh,rgb+fpfh", help="comma-separated methods (default fpfh,rgb+fpfh)"
+    )
+    p.add_argument("--train", type=int, default=100, help="training samples (default 100)")
+    p.add_argument(
+        "--validation", type=int, default=10, help="validation samples: the thresholds' (default 10)"
+    )
+    p.add_argument("--test", type=int, default=10, help="test samples per kind (default 10: 60 in all)")
+    p.add_argument("--size", type=int, default=800, help="demo image side, pixels (default 800)")
+    p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    p.add_argument(
+        "--weights", help="backbone weights: NAME[:VALUE] (e.g. random, file:PATH) or a file's path"
+    )
+    p.add_argument("--precision", choices=["fp32", "bf16"], help="backbone arithmetic of the fast path")
+    p.add_argument("--batch-size", type=int, default=8, help="build batch size (default 8)")
+    p.add_argument("--batch-sizes", default="1,8", help="batch sizes of the throughput table (default 1,8)")
+    p.add_argument("--index-kinds", default="flat,hnsw", help="index kinds compared (default flat,hnsw)")
+    p.add_argument("--no-reference", action="store_true", help="skip the reference path (e.g. on a GPU box)")
+    p.add_argument(
+        "--memory-categories", type=int, default=10, help="categories for the RSS figure (0: skip)"
+    )
+    p.add_argument("--json", type=Path, help="also write every figure as JSON")
+    p.add_argument("--quiet", action="store_true")
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from patchbank.config import Settings, default_device
+    from patchbank.index import check_kind
+    from patchbank.methods import parse_method
+    from patchbank.weights import WeightsRequest
+    from patchbank_benchmarks.bench import BenchConfig, run_bench
+
+    s = Settings()
+    methods = _split(args.methods, "--methods")
+    fused = [m for m in methods if len(parse_method(m).members) > 1]
+    if fused:
+        raise InputError(
+            f"bench times one-bank methods against BTF's reference path, not {', '.join(fused)} "
+            "(compare evaluates late-fusion methods)"
+        )
+    cfg = BenchConfig(
+        root=args.root,
+        category=args.category,
+        methods=methods,
+        n_train=args.train,
+        n_validation=args.validation,
+        n_test=args.test,
+        size=args.size,
+        weights=WeightsRequest.parse(args.weights or s.weights),
+        device=default_device(args.device or s.device),
+        batch_size=args.batch_size,
+        batch_sizes=[_positive(v, "--batch-sizes") for v in _split(args.batch_sizes, "--batch-sizes")],
+        index_kinds=[check_kind(k) for k in _split(args.index_kinds, "--index-kinds")],
+        reference=not args.no_reference,
+        memory_categories=args.memory_categories,
+        precision=args.precision,
+        progress=not args.quiet,
+    )
+    report = run_bench(cfg)
+    if args.json:
+        args.json.write_text(report.model_dump_json(indent=2))
+    return 0
+
+
+BENCH = Command(
+    "bench",
+    "time every stage of build and score, fast path against BTF's reference recipe, in one run",
+    _configure,
+    _bench,
+)

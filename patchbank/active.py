@@ -1,0 +1,77 @@
+"""The bank registry shared through Redis: category -> active version, announced on a pub/sub channel.
+
+``publish`` records a version and announces it; every replica follows (``patchbank_service.replicas``). A replica that
+starts later or missed a message converges by reading the hash. A Redis that comes back empty is re-seeded
+from the banks directory's ACTIVE files. Rollback = publish the older version.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+from patchbank import bank as bankfmt
+from patchbank.errors import BankError
+
+log = logging.getLogger(__name__)
+
+ACTIVE_KEY = "patchbank:active"
+CHANNEL = "patchbank:banks"
+STREAM_PREFIX = "patchbank:scores:"
+IDEMPOTENCY_PREFIX = "patchbank:idem:"
+TIMEOUTS = {"socket_timeout": 2.0, "socket_connect_timeout": 2.0}
+
+
+def connect(url: str):  # -> redis.Redis
+    """A client for ``redis://`` or ``rediss://`` URLs (password and TLS come with the URL)."""
+    import redis
+
+    return redis.Redis.from_url(url, decode_responses=True, health_check_interval=10, **TIMEOUTS)
+
+
+def publish(client, banks: Path, category: str, version: str) -> None:
+    """Make ``version`` the category's active bank: locally (ACTIVE) and in Redis, then announce it."""
+    bankfmt.read_manifest(Path(banks) / bankfmt.check_category(category) / version)  # exists and intact
+    bankfmt.set_active(banks, category, version)
+    pipe = client.pipeline()
+    pipe.hset(ACTIVE_KEY, category, version)
+    pipe.publish(CHANNEL, json.dumps({"category": category, "version": version}))
+    pipe.execute()
+    log.info("published %s/%s", category, version)
+
+
+def active_versions(client) -> dict[str, str]:
+    return dict(client.hgetall(ACTIVE_KEY))
+
+
+def seed_missing(client, banks: Path) -> dict[str, str]:
+    """Record the local ACTIVE version of every category Redis does not know (after a flush or a restart)."""
+    seeded = {}
+    for category in bankfmt.list_categories(banks):
+        version = bankfmt.active_version(banks, category)
+        if version and client.hsetnx(ACTIVE_KEY, category, version):
+            seeded[category] = version
+    if seeded:
+        log.info("seeded the Redis registry from %s: %s", banks, seeded)
+    return seeded
+
+
+def evaluation_of(banks: Path, category: str, version: str | None) -> bankfmt.EvaluationRecord | None:
+    if version is None:
+        return None
+    try:
+        return bankfmt.read_manifest(Path(banks) / category / version).evaluation
+    except BankError:
+        return None
+
+
+def prune(banks: Path, category: str, keep: int, protect: set[str]) -> list[str]:
+    """Delete versions beyond the ``keep`` newest, never those in ``protect`` (the active ones)."""
+    import shutil
+
+    names = bankfmt.versions(banks, category)
+    doomed = [v for v in names[: max(0, len(names) - keep)] if v not in protect]
+    for v in doomed:
+        shutil.rmtree(Path(banks) / category / v, ignore_errors=True)
+    return doomed

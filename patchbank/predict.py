@@ -1,0 +1,163 @@
+"""The one scoring pipeline, as anomalib's inferencers' ``predict()``: decode -> prepare -> features ->
+search, reweighting and map -> decision -> the map at the input's resolution and its regions.
+
+The service, ``evaluate``, the benchmarks and the console all call :func:`predict`; none of them puts the
+stages together on its own, so the same sample gets the same score everywhere. No HTTP types here: the
+service turns a :class:`Prediction` into its JSON answer.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+from pydantic import BaseModel, Field
+from tqdm.auto import tqdm
+
+from patchbank.data import SampleRef
+from patchbank.decode import check_pair, decode_rgb, decode_xyz
+from patchbank.errors import DataError, InputError
+from patchbank.preprocess import Prepared, prepare
+from patchbank.regions import Region, find_regions
+from patchbank.scorer import BankScorer, resize_map
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One sample as a line sends it: the bytes of both files; the xyz file's name picks its codec."""
+
+    rgb: bytes
+    xyz: bytes
+    xyz_name: str | None = None
+    sample_id: str | None = None
+    fields: tuple[str, str] = ("rgb", "xyz")  # how errors name the two inputs (form fields, or file paths)
+
+    @classmethod
+    def from_ref(cls, ref: SampleRef) -> Sample:
+        """A dataset sample read from disk; errors name its files."""
+        rgb, xyz = ref.rgb.read_bytes(), ref.xyz.read_bytes()
+        return cls(rgb, xyz, ref.xyz.name, ref.name, (str(ref.rgb), str(ref.xyz)))
+
+    def prepare(self, size: int) -> Prepared:
+        """Decode both inputs, check that they belong together, and prepare them at ``size``."""
+        image = decode_rgb(self.rgb, self.fields[0])
+        xyz = decode_xyz(self.xyz, self.xyz_name, self.fields[1])
+        check_pair(image, xyz, self.fields)
+        return prepare(image, xyz, size)
+
+
+class StageTimings(BaseModel):
+    """Milliseconds per stage of one pass (a batch shares its pass: every sample reports the pass's times)."""
+
+    decode: float = Field(description="milliseconds decoding and preparing the inputs")
+    features: float = Field(description="milliseconds of feature extraction")
+    search: float = Field(description="milliseconds of nearest-neighbour search, reweighting and the 224 map")
+    post: float = Field(description="milliseconds resizing the map and finding regions")
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """One sample's result.
+
+    map224: (224, 224) float32 blurred anomaly map at the model's resolution (what the metrics use);
+    anomaly_map: (H, W) float32 map at the input RGB's resolution (None unless asked for); regions: the
+    connected areas of ``anomaly_map`` above the pixel threshold.
+    """
+
+    sample_id: str | None
+    image_score: float
+    is_anomalous: bool
+    image_threshold: float
+    pixel_threshold: float
+    map224: np.ndarray
+    input_size: tuple[int, int]  # the RGB's (width, height), pixels
+    timings: StageTimings
+    anomaly_map: np.ndarray | None = None
+    regions: list[Region] = field(default_factory=list)
+
+
+def _ms(start: float) -> float:
+    return (time.perf_counter() - start) * 1000.0
+
+
+def predict(scorer: BankScorer, samples: Sequence[Sample], full_maps: bool = True) -> list[Prediction]:
+    """Score samples in one pass (one backbone pass per member, one search); ``full_maps``: also the map at
+    each input's resolution and its regions. The first bad sample raises its InputError (naming it when
+    there are several)."""
+    t0 = time.perf_counter()
+    prepared = []
+    for i, s in enumerate(samples):
+        if len(samples) > 1 and s.fields == Sample.fields:  # form fields: say which sample of the batch
+            s = Sample(s.rgb, s.xyz, s.xyz_name, s.sample_id, (f"rgb[{i}]", f"xyz[{i}]"))
+        prepared.append(s.prepare(scorer.image_size))
+    return predict_prepared(scorer, prepared, [s.sample_id for s in samples], full_maps, _ms(t0))
+
+
+def predict_prepared(
+    scorer: BankScorer,
+    prepared: Sequence[Prepared],
+    sample_ids: Sequence[str | None],
+    full_maps: bool = True,
+    decode_ms: float = 0.0,
+) -> list[Prediction]:
+    """:func:`predict` from prepared samples (the stages after decoding)."""
+    t1 = time.perf_counter()
+    feats = scorer.features(prepared)
+    features_ms = _ms(t1)
+    t2 = time.perf_counter()
+    scores = scorer.score_features(feats)
+    search_ms = _ms(t2)
+    t3 = time.perf_counter()
+    thresholds = scorer.bank.manifest.thresholds
+    out = []
+    for i, (p, sid) in enumerate(zip(prepared, sample_ids, strict=True)):
+        amap = resize_map(scores.maps[i], p.input_size) if full_maps else None
+        image_score = float(scores.image[i])
+        out.append(
+            dict(
+                sample_id=sid,
+                image_score=image_score,
+                is_anomalous=thresholds.decide(image_score),
+                image_threshold=thresholds.image,
+                pixel_threshold=thresholds.pixel,
+                map224=scores.maps[i],
+                input_size=p.input_size,
+                anomaly_map=amap,
+                regions=find_regions(amap, thresholds.pixel) if amap is not None else [],
+            )
+        )
+    post_ms = _ms(t3)
+    return [
+        Prediction(
+            **o,
+            timings=StageTimings(decode=decode_ms, features=features_ms, search=search_ms, post=post_ms),
+        )
+        for o in out
+    ]
+
+
+def predict_refs(
+    scorer: BankScorer,
+    refs: Sequence[SampleRef],
+    batch_size: int = 8,
+    full_maps: bool = False,
+    progress: bool = True,
+    desc: str = "predict",
+) -> Iterator[tuple[list[SampleRef], list[Prediction]]]:
+    """:func:`predict` over dataset samples in batches, files read ahead in a thread; yields each batch's refs
+    and predictions. A sample that cannot be read is a DataError naming its files."""
+    chunks = [list(refs[i : i + batch_size]) for i in range(0, len(refs), batch_size)]
+    bar = tqdm(total=len(refs), desc=desc, unit="sample", disable=not progress)
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        read = pool.map(lambda c: [Sample.from_ref(r) for r in c], chunks)
+        for chunk, samples in zip(chunks, read, strict=True):
+            try:
+                preds = predict(scorer, samples, full_maps)
+            except InputError as exc:
+                raise DataError(str(exc)) from exc
+            bar.update(len(chunk))
+            yield chunk, preds
+    bar.close()

@@ -1,0 +1,1 @@
+"""Demo and test data generators writing the published dataset layouts (the product never imports them)."""

@@ -1,0 +1,117 @@
+"""Feature extractors against the plain recipes they implement (Open3D FPFH as BTF; timm layers pooled)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import open3d as o3d
+import pytest
+import tifffile
+import timm
+import torch
+from PIL import Image
+
+from patchbank.data import list_samples
+from patchbank.errors import InputError
+from patchbank.features import create_extractor, list_extractors, resolve_options
+from patchbank.preprocess import prepare
+from patchbank.weights import WeightsRequest
+from tests.conftest import CATEGORY
+
+SMALL_RGB = {"backbone": "resnet18", "layers": [2, 3]}  # 128 + 256 channels: fast on a CPU
+
+
+def btf_fpfh_patches(xyz_path: Path) -> np.ndarray:
+    """The plain recipe, step by step as BTF's get_fpfh_features + FPFHFeatures: (784, 33) float64."""
+    pc = torch.tensor(tifffile.imread(xyz_path)).permute(2, 0, 1).unsqueeze(0)
+    pc = (
+        torch.nn.functional.interpolate(pc, size=(224, 224), mode="nearest")
+        .squeeze(0)
+        .permute(1, 2, 0)
+        .numpy()
+    )
+    flat = pc.reshape(-1, 3)
+    nonzero = np.nonzero(np.all(flat != 0, axis=1))[0]
+    cloud = o3d.geometry.PointCloud(o3d.utility.Vector3dVector(flat[nonzero]))
+    cloud.estimate_normals(o3d.geometry.KDTreeSearchParamHybrid(radius=0.1, max_nn=30))
+    fpfh = o3d.pipelines.registration.compute_fpfh_feature(
+        cloud, o3d.geometry.KDTreeSearchParamHybrid(radius=0.25, max_nn=100)
+    ).data.T
+    full = np.zeros((flat.shape[0], 33), dtype=fpfh.dtype)
+    full[nonzero] = fpfh
+    fmap = torch.tensor(full.reshape(224, 224, 33)).permute(2, 0, 1).unsqueeze(0)
+    pooled = torch.nn.AdaptiveAvgPool2d((28, 28))(torch.nn.AvgPool2d(3, stride=1)(fmap))
+    return pooled.reshape(33, -1).T.numpy()
+
+
+def test_registry_knows_the_three_methods() -> None:
+    assert {"fpfh", "rgb", "rgb+fpfh"} <= set(list_extractors())
+    with pytest.raises(InputError, match="unknown feature extractor 'sift'"):
+        resolve_options("sift")
+    with pytest.raises(InputError, match="bad option for feature extractor fpfh: feature_radius"):
+        resolve_options("fpfh", {"feature_radius": -1})
+
+
+def test_fpfh_matches_plain_open3d_recipe(demo_root: Path) -> None:
+    """neighbours=kdtree is BTF's recipe; the default grid kernels are held to Open3D in their own tests."""
+    refs = list_samples(demo_root, CATEGORY, "test")[:2]  # a good and a defective sample, with dropouts
+    extractor = create_extractor("fpfh", {"neighbours": "kdtree"})
+    assert extractor.backend == "open3d" and create_extractor("fpfh").backend == "numba"
+    prepared = [prepare(Image.open(r.rgb), tifffile.imread(r.xyz)) for r in refs]
+    assert (prepared[0].xyz == 0).all(axis=2).any(), "the demo cloud should have missing points"
+    feats = extractor.extract(prepared)
+    assert feats.shape == (2, 784, 33) and feats.dtype == np.float32
+    for got, ref in zip(feats, refs, strict=True):
+        np.testing.assert_allclose(got, btf_fpfh_patches(ref.xyz), rtol=1e-5, atol=1e-5)
+    assert extractor.spec.options == {
+        "normal_radius": 0.1,
+        "normal_max_nn": 30,
+        "feature_radius": 0.25,
+        "feature_max_nn": 100,
+        "neighbours": "kdtree",
+        "window": 10,
+        "background": None,
+    }
+
+
+def test_rgb_layers_pooled_and_concatenated(demo_root: Path) -> None:
+    """Random init, explicitly: only the plumbing is under test here, not the weights."""
+    ref = list_samples(demo_root, CATEGORY, "train")[0]
+    extractor = create_extractor("rgb", SMALL_RGB, WeightsRequest.random(3))
+    assert extractor.dim == 128 + 256
+    assert extractor.weights.kind == "random" and extractor.weights.seed == 3
+    p = prepare(Image.open(ref.rgb), tifffile.imread(ref.xyz))
+    feats = extractor.extract([p])
+    torch.manual_seed(3)
+    model = timm.create_model("resnet18", features_only=True, out_indices=(2, 3)).eval()
+    with torch.no_grad():
+        maps = model(torch.from_numpy(p.rgb)[None])
+    avg, resize = torch.nn.AvgPool2d(3, stride=1), torch.nn.AdaptiveAvgPool2d((28, 28))
+    patch = torch.cat([resize(avg(m)) for m in maps], 1)
+    np.testing.assert_allclose(feats[0], patch.reshape(patch.shape[1], -1).T.numpy(), rtol=1e-4, atol=1e-5)
+
+
+def test_rgb_fpfh_is_the_concatenation(demo_root: Path) -> None:
+    ref = list_samples(demo_root, CATEGORY, "train")[1]
+    p = prepare(Image.open(ref.rgb), tifffile.imread(ref.xyz))
+    fused = create_extractor("rgb+fpfh", {"rgb": SMALL_RGB}, WeightsRequest.random(1))
+    rgb = create_extractor("rgb", SMALL_RGB, WeightsRequest.random(1))
+    both = fused.extract([p])[0]
+    assert both.shape == (784, 384 + 33)
+    np.testing.assert_allclose(both[:, :384], rgb.extract([p])[0], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(both[:, 384:], create_extractor("fpfh").extract([p])[0], rtol=1e-6)
+    assert fused.weights == rgb.weights
+
+
+def test_bf16_backbone_is_recorded_and_close_to_fp32(demo_root: Path) -> None:
+    """Random init, explicitly: bf16 autocast changes the arithmetic, not the features' meaning."""
+    ref = list_samples(demo_root, CATEGORY, "train")[0]
+    p = prepare(Image.open(ref.rgb), tifffile.imread(ref.xyz))
+    fp32 = create_extractor("rgb", SMALL_RGB, WeightsRequest.random(2))
+    bf16 = create_extractor("rgb", {**SMALL_RGB, "precision": "bf16"}, WeightsRequest.random(2))
+    assert bf16.spec.options["precision"] == "bf16" and bf16.spec != fp32.spec
+    a, b = fp32.extract([p])[0], bf16.extract([p])[0]
+    assert b.dtype == np.float32 and not np.array_equal(a, b)
+    rel = np.linalg.norm(a - b, axis=1) / np.linalg.norm(a, axis=1)
+    assert np.median(rel) < 0.02
