@@ -119,7 +119,9 @@ def cross_validate(manifest: Manifest, target: float) -> FRREstimate:
     def fold_scores(train: np.ndarray, test: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         if members is None or rule is None:
             return fused[train], fused[test]
-        part = fit_image(rule, members[:, train], options=manifest.fusion.options if manifest.fusion else None)
+        part = fit_image(
+            rule, members[:, train], options=manifest.fusion.options if manifest.fusion else None
+        )
         return part.apply(members[:, train]), part.apply(members[:, test])
 
     return cross_validated_frr(len(fused), fold_scores, target)
@@ -226,7 +228,8 @@ def calibrate_version(
         update={
             "parent": source,
             "created_at": bankfmt.now_utc(),
-            "evaluation": manifest.evaluation and at_threshold(manifest.evaluation, manifest.thresholds.image),
+            "evaluation": manifest.evaluation
+            and at_threshold(manifest.evaluation, manifest.thresholds.image),
         }
     )
     return bankfmt.write_version(banks, manifest, bankfmt.copy_files_from(vdir), activate=activate)

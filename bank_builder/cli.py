@@ -42,7 +42,9 @@ def add_part_flags(p: argparse.ArgumentParser) -> None:
         add_model_flags(group, cls.options_model, name)
         if cls.needs_weights:
             group.add_argument(
-                f"--{name}.weights", dest=f"{name}.weights", metavar="SPEC",
+                f"--{name}.weights",
+                dest=f"{name}.weights",
+                metavar="SPEC",
                 help=f"weights of the {name} member (default --weights, else {cls.default_weights})",
             )
     for rule in FUSION_RULES:
@@ -130,13 +132,17 @@ def _build(args: argparse.Namespace) -> int:
     check_part_flags([method], args)
     if opts.target_frr is not None and not opts.calibrate:
         raise InputError("--target-frr applies to the calibration: add --calibrate")
-    req = build_request(opts, method, args, evaluate=opts.evaluate, calibrate=opts.calibrate, activate=not opts.publish)
+    req = build_request(
+        opts, method, args, evaluate=opts.evaluate, calibrate=opts.calibrate, activate=not opts.publish
+    )
     result = build_bank(req)
     m = result.manifest
     sizes = ", ".join(
         f"{mb.name} {mb.coreset.size} of {mb.coreset.n_patches} x {mb.features.dim}-d" for mb in m.members
     )
-    print(f"built {m.category}/{m.version} ({m.method}): {sizes}; image threshold {m.thresholds.image:.4g} ({m.thresholds.rule})")
+    print(
+        f"built {m.category}/{m.version} ({m.method}): {sizes}; image threshold {m.thresholds.image:.4g} ({m.thresholds.rule})"
+    )
     print(f"bank: {Path(req.banks) / m.category / m.version}")
     print("timings: " + ", ".join(f"{k} {v:.1f} s" for k, v in result.timings_s.items()))
     if result.evaluation is not None:
@@ -166,7 +172,9 @@ def build_bank_main(argv: Sequence[str] | None = None) -> int:
 # -- publish -----------------------------------------------------------------------------------------------
 
 
-def _publish(banks: Path, category: str, version: str, opts: BuildOptions | CalibrateOptions | PublishOptions) -> None:
+def _publish(
+    banks: Path, category: str, version: str, opts: BuildOptions | CalibrateOptions | PublishOptions
+) -> None:
     from patchbank_builder.publish import publish_version
 
     redis_url = Settings().redis_url
@@ -204,7 +212,9 @@ def _evaluate(args: argparse.Namespace) -> int:
     root = require(opts.data_root or s.data_root, "data root", "--data-root", "PATCHBANK_DATA_ROOT")
     banks = require(opts.banks or s.banks, "banks directory", "--banks", "PATCHBANK_BANKS")
     device = default_device(opts.device or s.device)
-    scorer = load_scorer(banks, opts.category, opts.version, device, weights_override(opts.weights or s.weights))
+    scorer = load_scorer(
+        banks, opts.category, opts.version, device, weights_override(opts.weights or s.weights)
+    )
     ev = evaluate(scorer, list_samples(root, opts.category, "test"), progress=not opts.quiet)
     print(table(ev))
     if opts.json_file:

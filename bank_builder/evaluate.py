@@ -90,7 +90,9 @@ def evaluate(scorer: BankScorer, refs: Sequence[SampleRef], progress: bool = Tru
 
 def at_threshold(ev: E, threshold: float) -> E:
     """The evaluation's decisions, false-reject rate (with its interval) and miss rate at ``threshold``."""
-    scores = [s.model_copy(update={"is_anomalous": is_anomalous(s.image_score, threshold)}) for s in ev.scores]
+    scores = [
+        s.model_copy(update={"is_anomalous": is_anomalous(s.image_score, threshold)}) for s in ev.scores
+    ]
     good = [s.is_anomalous for s in scores if s.kind == GOOD]
     missed = [not s.is_anomalous for s in scores if s.kind != GOOD]
     return ev.model_copy(

@@ -28,7 +28,9 @@ class Where(Options):
     """Which category, and where its data and banks live (flags, else settings: PATCHBANK_*, patchbank.toml)."""
 
     category: str = Field(description="category name, e.g. cable_gland")
-    data_root: Path | None = Field(None, description="dataset root (MVTec 3D-AD layout); default PATCHBANK_DATA_ROOT")
+    data_root: Path | None = Field(
+        None, description="dataset root (MVTec 3D-AD layout); default PATCHBANK_DATA_ROOT"
+    )
     banks: Path | None = Field(None, description="banks directory; default PATCHBANK_BANKS")
     device: str | None = Field(None, description="cpu or cuda (default: cuda when available)")
     quiet: bool = Field(False, description="no progress bars, warnings only")
@@ -60,7 +62,10 @@ class Features(Options):
     )
     batch_size: int = Field(8, ge=1, description="samples per feature batch")
     target_frr: float | None = Field(
-        None, gt=0, lt=1, description=f"calibration: false-reject rate aimed at (default {DEFAULT_TARGET_FRR})"
+        None,
+        gt=0,
+        lt=1,
+        description=f"calibration: false-reject rate aimed at (default {DEFAULT_TARGET_FRR})",
     )
 
 
@@ -74,26 +79,35 @@ class BuildOptions(Where, Features, Publishing):
         False, description="set the thresholds at --target-frr on held-out goods, with a cross-validated FRR"
     )
     evaluate: bool = Field(True, description="evaluate on the test split")
-    json_file: Path | None = Field(None, json_schema_extra={"flag": "json"}, description="also write the evaluation as JSON")
+    json_file: Path | None = Field(
+        None, json_schema_extra={"flag": "json"}, description="also write the evaluation as JSON"
+    )
 
 
 class CompareOptions(Where, Features):
     methods: tuple[str, ...] = Field(
         ("rgb+fpfh", "rgb/fpfh", "rgb/fpfh@svm"), description="methods to build, calibrate and evaluate"
     )
-    json_file: Path | None = Field(None, json_schema_extra={"flag": "json"}, description="also write every method's evaluation as JSON")
+    json_file: Path | None = Field(
+        None, json_schema_extra={"flag": "json"}, description="also write every method's evaluation as JSON"
+    )
 
 
 class EvaluateOptions(Where):
     version: str | None = Field(None, description="bank version (default: the active one)")
     weights: str | None = Field(None, description="the bank's weights file if it moved (sha256 must match)")
-    json_file: Path | None = Field(None, json_schema_extra={"flag": "json"}, description="write the figures and per-sample scores as JSON")
+    json_file: Path | None = Field(
+        None,
+        json_schema_extra={"flag": "json"},
+        description="write the figures and per-sample scores as JSON",
+    )
 
 
 class CalibrateOptions(Where, Publishing):
     version: str | None = Field(None, description="bank version to calibrate (default: the active one)")
     rule: Literal["target-frr", "f1"] = Field(
-        "target-frr", description="target-frr: at a false-reject rate on held-out goods; f1: best F1 on labelled anomalies"
+        "target-frr",
+        description="target-frr: at a false-reject rate on held-out goods; f1: best F1 on labelled anomalies",
     )
     target_frr: float = Field(DEFAULT_TARGET_FRR, gt=0, lt=1, description="false-reject rate aimed at")
     labelled: str = Field(

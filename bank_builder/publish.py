@@ -14,7 +14,6 @@ from patchbank_builder.options import DEFAULT_KEEP, DEFAULT_TOLERANCE
 log = logging.getLogger(__name__)
 
 
-
 def publish_version(
     banks: Path,
     category: str,

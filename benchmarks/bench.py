@@ -192,23 +192,23 @@ def ensure_data(cfg: BenchConfig) -> Path:
 
 
 @dataclass(frozen=True)
-class TestSample:
+class BenchSample:
     ref: SampleRef
     sample: Sample  # the files' bytes, as a line sends them
     mask: np.ndarray  # (224, 224) bool ground truth at the model's resolution
 
 
-def load_test(data: Path, category: str) -> list[TestSample]:
+def load_test(data: Path, category: str) -> list[BenchSample]:
     """The test split in memory: bytes to score, and masks to score against."""
     out = []
     for ref in list_samples(data, category, "test"):
         with Image.open(ref.rgb) as im:
             w, h = im.size
-        out.append(TestSample(ref, Sample.from_ref(ref), resize_mask(read_mask(ref, (h, w)), IMAGE_SIZE)))
+        out.append(BenchSample(ref, Sample.from_ref(ref), resize_mask(read_mask(ref, (h, w)), IMAGE_SIZE)))
     return out
 
 
-def metrics(tests: Sequence[TestSample], scores: np.ndarray, maps: np.ndarray) -> dict[str, float]:
+def metrics(tests: Sequence[BenchSample], scores: np.ndarray, maps: np.ndarray) -> dict[str, float]:
     """I-AUROC, P-AUROC and AU-PRO of (N,) image scores and (N, 224, 224) maps, as ``evaluate`` computes them."""
     labels = np.array([s.ref.label for s in tests])
     masks = np.stack([s.mask for s in tests])
@@ -242,7 +242,7 @@ def build_fast_bank(
 
 
 def predict_each(
-    scorer: BankScorer, tests: Sequence[TestSample], cfg: BenchConfig
+    scorer: BankScorer, tests: Sequence[BenchSample], cfg: BenchConfig
 ) -> tuple[list[Prediction], dict[str, float]]:
     """``predict`` of each test sample alone (full maps, as the service), after a warm-up call: the
     predictions, and mean ms per stage (predict's own timings; total: the wall clock of the call)."""
@@ -258,7 +258,7 @@ def predict_each(
     return preds, mean_ms(times)
 
 
-def index_figures(scorer: BankScorer, tests: Sequence[TestSample], cfg: BenchConfig) -> list[IndexFigures]:
+def index_figures(scorer: BankScorer, tests: Sequence[BenchSample], cfg: BenchConfig) -> list[IndexFigures]:
     """Each index kind over the fast bank's vectors: search time, recall@1 against exact search, metrics
     (the test features as the scorer extracts them, searched one sample at a time)."""
     (index,) = scorer.bank.indices
@@ -290,7 +290,7 @@ def index_figures(scorer: BankScorer, tests: Sequence[TestSample], cfg: BenchCon
     return out
 
 
-def throughput(scorer: BankScorer, tests: Sequence[TestSample], batch_size: int) -> float:
+def throughput(scorer: BankScorer, tests: Sequence[BenchSample], batch_size: int) -> float:
     """Samples/s of ``predict`` over the whole test split in batches of ``batch_size`` (full maps)."""
     samples = [s.sample for s in tests]
     start = time.perf_counter()
@@ -336,7 +336,7 @@ def reference_build(
 
 
 def reference_score(
-    ref: ReferenceBank, tests: Sequence[TestSample], cfg: BenchConfig
+    ref: ReferenceBank, tests: Sequence[BenchSample], cfg: BenchConfig
 ) -> tuple[np.ndarray, np.ndarray, dict[str, float]]:
     """BTF's per-sample scoring under predict's stage names: (N,) image scores, (N, 224, 224) maps, and mean
     ms per stage. search: ``torch.cdist`` search, Eq. 7 and the 224 map; post: the map at the input's size."""
@@ -378,7 +378,7 @@ def banks_dir(work: Path, method: str) -> Path:
 
 
 def bench_method(
-    method: str, data: Path, work: Path, tests: list[TestSample], cfg: BenchConfig
+    method: str, data: Path, work: Path, tests: list[BenchSample], cfg: BenchConfig
 ) -> MethodReport:
     """Both paths of one method over the same data: build, score, service, index kinds, batching."""
     train = list_samples(data, cfg.category, "train", kinds=[GOOD])

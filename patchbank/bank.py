@@ -164,7 +164,9 @@ class EvaluationRecord(BaseModel):
         (0.0, 1.0), description="its 95% Clopper-Pearson interval (the test goods did not set the threshold)"
     )
     miss_rate: float = Field(description="defective test samples scored at or below the threshold")
-    calibration: str | None = Field(None, description="how the threshold was calibrated, and its measured FRR")
+    calibration: str | None = Field(
+        None, description="how the threshold was calibrated, and its measured FRR"
+    )
     scores: list[SampleScore] = Field(default_factory=list, description="every test sample's score")
 
     def worse_than(self, old: EvaluationRecord, tolerance: float) -> list[str]:
@@ -211,7 +213,9 @@ class Manifest(BaseModel):
     score_stats: ScoreStats = Field(description="held-out goods' final (fused) scores")
     thresholds: Thresholds
     calibration: Calibration | None = Field(None, description="set by calibrate / build-bank --calibrate")
-    evaluation: EvaluationRecord | None = Field(None, description="evaluate's figures on the test split, if any")
+    evaluation: EvaluationRecord | None = Field(
+        None, description="evaluate's figures on the test split, if any"
+    )
     libraries: dict[str, str] = Field(description="versions of the libraries the bank was built with")
     files: dict[str, str] = Field(default_factory=dict, description="sha256 of each file in the version dir")
     parent: str | None = Field(None, description="the version this one was derived from (recalibration)")

@@ -33,7 +33,22 @@ from patchbank.errors import InputError, PatchbankError
 
 GROUP = "patchbank.commands"
 ENGINE_MODULES = frozenset(
-    ["torch", "timm", "faiss", "open3d", "numba", "scipy", "sklearn", "safetensors", "fastapi", "uvicorn", "multipart", "prometheus_client", "redis", "starlette"]
+    [
+        "torch",
+        "timm",
+        "faiss",
+        "open3d",
+        "numba",
+        "scipy",
+        "sklearn",
+        "safetensors",
+        "fastapi",
+        "uvicorn",
+        "multipart",
+        "prometheus_client",
+        "redis",
+        "starlette",
+    ]
 )
 ENGINE_HINT = "pip install 'patchbank[engine]'"
 
@@ -61,9 +76,7 @@ def commands() -> dict[str, Any]:
 
 
 def parser_for(command: Any, prog: str | None = None) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog=prog or command.name, description=command.description or command.help
-    )
+    p = argparse.ArgumentParser(prog=prog or command.name, description=command.description or command.help)
     command.configure(p)
     return p
 
@@ -151,7 +164,9 @@ def _splitter(item: Any) -> Callable[[str], list[Any]]:
         try:
             return [item(v.strip()) for v in text.split(",") if v.strip()]
         except ValueError as exc:
-            raise argparse.ArgumentTypeError(f"expected comma-separated {item.__name__}s, got {text!r}") from exc
+            raise argparse.ArgumentTypeError(
+                f"expected comma-separated {item.__name__}s, got {text!r}"
+            ) from exc
 
     return parse
 
@@ -166,14 +181,20 @@ def add_model_flags(
     ``namespace``. Defaults are left to the model: a flag not given is absent from :func:`collect`'s result.
     Fields marked ``json_schema_extra={"cli": False}`` (fitted values) get no flag."""
     for name, info in model.model_fields.items():
-        if name in skip or (isinstance(info.json_schema_extra, dict) and info.json_schema_extra.get("cli") is False):
+        if name in skip or (
+            isinstance(info.json_schema_extra, dict) and info.json_schema_extra.get("cli") is False
+        ):
             continue
         path = f"{namespace}{SEP}{name}" if namespace else name
         tp, optional = _unwrap_optional(info.annotation)
         if _is_model(tp):
             if optional:  # an optional part (e.g. fpfh.background): a switch turns it on with its defaults
                 parser.add_argument(
-                    flag_name(path), dest=path, action="store_const", const={}, default=None,
+                    flag_name(path),
+                    dest=path,
+                    action="store_const",
+                    const={},
+                    default=None,
                     help=f"{_help(info)} (on with defaults; its own flags below also turn it on)",
                 )
             add_model_flags(parser, tp, path)

@@ -189,6 +189,8 @@ class File(WeightSource):
 
     def load(self, backbone: Backbone) -> tuple[torch.nn.Module, WeightsIdentity]:
         path = Path(self.options.path).expanduser().resolve()  # type: ignore[attr-defined]
+        if not path.is_file():
+            raise WeightsError(f"weights file not found: {path}")
         ident = WeightsIdentity(kind=self.name, file=str(path), file_sha256=sha256_file(path))
         return from_file(backbone, path), ident
 
@@ -311,6 +313,7 @@ def params_sha256(model: torch.nn.Module) -> str:
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """A state dict from .safetensors or a torch file (weights only, never unpickling code)."""
     import torch
+
     if not path.is_file():
         raise WeightsError(f"weights file not found: {path}")
     suffix = path.suffix.lower()

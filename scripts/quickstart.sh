@@ -11,16 +11,16 @@ export PATCHBANK_DATA_ROOT=${PATCHBANK_DATA_ROOT:-$PWD/demo/data}
 export PATCHBANK_BANKS=${PATCHBANK_BANKS:-$PWD/demo/banks}
 category=${DEMO_CATEGORY:-puck}
 
-.venv/bin/make-demo-data "$PATCHBANK_DATA_ROOT" --categories "$category" --train 30 --validation 8 --test 6 --size 400
+.venv/bin/patchbank make-demo-data "$PATCHBANK_DATA_ROOT" --categories "$category" --train 30 --validation 8 --test 6 --size 400
 weights=()
-[[ -n ${PATCHBANK_WEIGHTS:-} ]] || weights=(--random-weights 0)
+[[ -n ${PATCHBANK_WEIGHTS:-} ]] || weights=(--weights random:0)
 .venv/bin/build-bank --category "$category" --calibrate "${weights[@]}"
 
 # Serve the demo bank (left running) and score one sample through it with the client CLI.
 port=${DEMO_PORT:-8000}
 pidfile=demo/serve.pid
 if [[ -f $pidfile ]] && kill -0 "$(cat "$pidfile")" 2>/dev/null; then kill "$(cat "$pidfile")"; sleep 2; fi
-nohup .venv/bin/serve --banks "$PATCHBANK_BANKS" --port "$port" > demo/serve.log 2>&1 &
+nohup .venv/bin/patchbank serve --banks "$PATCHBANK_BANKS" --port "$port" > demo/serve.log 2>&1 &
 echo $! > "$pidfile"
 .venv/bin/python - "$port" <<'PY'
 import sys, time, httpx

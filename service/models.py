@@ -71,7 +71,9 @@ class CategoryInfo(BaseModel):
     calibration: dict[str, Any] | None = Field(
         None, description="how the thresholds were calibrated and the measured false-reject rate"
     )
-    evaluation: EvaluationRecord | None = Field(None, description="figures on the test split when the bank was built")
+    evaluation: EvaluationRecord | None = Field(
+        None, description="figures on the test split when the bank was built"
+    )
 
 
 class CategoriesResponse(BaseModel):

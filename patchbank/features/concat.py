@@ -140,4 +140,3 @@ class RGBFPFHExtractor(FeatureExtractor):
         self.opts = self.opts.model_copy(update={"scales": scales})
         self.spec = self.spec.model_copy(update={"options": self.opts.model_dump(mode="json")})
         return divide_modalities(features, split, scales)
-

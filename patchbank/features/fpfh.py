@@ -121,4 +121,3 @@ class FPFHExtractor(FeatureExtractor):
         else:
             maps = np.stack([fpfh_map(xyz, o) for xyz in clouds])
         return to_grid(torch.from_numpy(maps))
-

@@ -122,5 +122,7 @@ class RGBExtractor(FeatureExtractor):
         backbone = TimmBackbone(options)
         if isinstance(weights, WeightsIdentity):
             return cls(options, rebuild_weights(backbone, weights, override), weights, device)
-        model, ident = load_weights(backbone, weights or WeightsRequest(), cls.default_weights or "pretrained")
+        model, ident = load_weights(
+            backbone, weights or WeightsRequest(), cls.default_weights or "pretrained"
+        )
         return cls(options, model, ident, device)

@@ -29,4 +29,7 @@ def test_manifest_records_the_build(fpfh_build: tuple[Path, BuildResult]) -> Non
     assert member.weights.kind == "none" and m.calibration is None
     assert member.held_out is not None and member.held_out.image_scores == m.score_stats.image_scores
     assert member.features.options["feature_radius"] == 0.25
-    assert member.features.options == bankfmt.read_manifest(banks / CATEGORY / "v0001").members[0].features.options
+    assert (
+        member.features.options
+        == bankfmt.read_manifest(banks / CATEGORY / "v0001").members[0].features.options
+    )

@@ -37,7 +37,9 @@ def banks(fpfh_build: tuple[Path, BuildResult], tmp_path: Path) -> Path:
 def test_calibrate_writes_a_new_version_with_the_same_index(
     banks: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert run_command(CALIBRATE, ["--category", CATEGORY, "--banks", str(banks), "--target-frr", "0.05"]) == 0
+    assert (
+        run_command(CALIBRATE, ["--category", CATEGORY, "--banks", str(banks), "--target-frr", "0.05"]) == 0
+    )
     out = capsys.readouterr().out
     assert "calibrated puck/v0001 -> v0002" in out and "held-out FRR" in out and "95% CI" in out
     old = bankfmt.read_manifest(banks / CATEGORY / "v0001")

@@ -33,7 +33,7 @@ def test_evaluate_json_matches_the_build(
             "--json",
             str(out),
             "--quiet",
-        ]
+        ],
     )
     assert code == 0
     printed = capsys.readouterr().out
@@ -56,8 +56,14 @@ def test_user_errors_exit_2_with_one_line(
         ([*base[2:], "--category", "tire"], "category 'tire' not found"),
         (base[:4], "no banks directory given"),
         ([*base, "--coreset.ratio", "2"], "--coreset.ratio: Input should be less than or equal to 1"),
-        ([*base, "--method", "fpfh", "--rgb.backbone", "resnet18"], "--rgb.backbone: rgb is not part of fpfh"),
-        ([*base, "--method", "rgb", "--fpfh.neighbours", "kdtree"], "--fpfh.neighbours: fpfh is not part of rgb"),
+        (
+            [*base, "--method", "fpfh", "--rgb.backbone", "resnet18"],
+            "--rgb.backbone: rgb is not part of fpfh",
+        ),
+        (
+            [*base, "--method", "rgb", "--fpfh.neighbours", "kdtree"],
+            "--fpfh.neighbours: fpfh is not part of rgb",
+        ),
         ([*base, "--method", "rgb", "--fpfh.background"], "--fpfh.background: fpfh is not part of rgb"),
         (
             [*base, "--method", "rgb/fpfh", "--rgb+fpfh.normalise", "modality"],
@@ -78,7 +84,10 @@ def test_user_errors_exit_2_with_one_line(
         last = err.strip().splitlines()[-1]
         assert last.startswith("error: ") and message in last and "Traceback" not in err
     assert (
-        run_command(EVALUATE, ["--category", CATEGORY, "--data-root", str(demo_root), "--banks", str(tmp_path)]) == 2
+        run_command(
+            EVALUATE, ["--category", CATEGORY, "--data-root", str(demo_root), "--banks", str(tmp_path)]
+        )
+        == 2
     )
     assert "no bank for category 'puck'" in capsys.readouterr().err
 
@@ -131,7 +140,8 @@ def test_rgb_fpfh_random_weights_build_and_evaluate(
 def test_make_demo_data_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "demo"
     assert (
-        run_command(MAKE_DEMO_DATA,
+        run_command(
+            MAKE_DEMO_DATA,
             [
                 str(out),
                 "--categories",
@@ -145,7 +155,7 @@ def test_make_demo_data_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
                 "--size",
                 "64x48",
                 "--quiet",
-            ]
+            ],
         )
         == 0
     )

@@ -56,9 +56,22 @@ def test_dockerfile_conventions(dockerfile: str) -> None:
     assert 'VOLUME ["/banks"]' in text
     assert "EXPOSE 8000" in text
     assert "HEALTHCHECK" in text and "/healthz" in text
-    assert 'CMD ["serve", "--banks", "/banks", "--host", "0.0.0.0", "--port", "8000"]' in text
+    assert 'CMD ["patchbank", "serve", "--banks", "/banks", "--host", "0.0.0.0", "--port", "8000"]' in text
     # dependency layer before the source layer
     assert text.index("COPY pyproject.toml constraints.txt") < text.index("COPY patchbank ")
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES)
+def test_images_hold_every_package_of_the_distribution(dockerfile: str) -> None:
+    """Every folder pyproject.toml packages is copied into the image and let through its .dockerignore."""
+    import tomllib
+
+    setuptools = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    folders = {"patchbank", *setuptools["package-dir"].values()}
+    text = (DOCKER / dockerfile).read_text()
+    ignore = (DOCKER / f"{dockerfile}.dockerignore").read_text().splitlines()
+    for folder in folders:
+        assert f"COPY {folder} ./{folder}" in text and f"!{folder}/" in ignore, folder
 
 
 # ------------------------------------------------------------------ compose

@@ -152,7 +152,9 @@ def test_two_replicas_swap_banks_under_load(
             v2 = new_version(banks)
             monkeypatch.setenv("REDIS_URL", redis_server.url)
             assert (
-                run_command(PUBLISH, ["--category", CATEGORY, "--version", v2, "--banks", str(banks), "--quiet"])
+                run_command(
+                    PUBLISH, ["--category", CATEGORY, "--version", v2, "--banks", str(banks), "--quiet"]
+                )
                 == 0
             )
             wait_for(

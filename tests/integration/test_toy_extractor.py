@@ -50,11 +50,23 @@ def toy() -> Iterator[type[FeatureExtractor]]:
 def test_a_registered_toy_is_a_member_with_its_own_flags(
     toy: type[FeatureExtractor], demo_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    argv = ["build", "--category", CATEGORY, "--data-root", str(demo_root), "--banks", str(tmp_path), "--quiet"]
+    argv = [
+        "build",
+        "--category",
+        CATEGORY,
+        "--data-root",
+        str(demo_root),
+        "--banks",
+        str(tmp_path),
+        "--quiet",
+    ]
     with pytest.raises(SystemExit):
         main(["build", "--help"])
     assert "--toy.scale" in capsys.readouterr().out
-    assert main([*argv, "--method", "toy/fpfh", "--toy.scale", "2.5", "--fpfh.window", "6", "--no-evaluate"]) == 0
+    assert (
+        main([*argv, "--method", "toy/fpfh", "--toy.scale", "2.5", "--fpfh.window", "6", "--no-evaluate"])
+        == 0
+    )
     m = bankfmt.read_manifest(tmp_path / CATEGORY / "v0001")
     assert m.method == "toy/fpfh" and [mb.name for mb in m.members] == ["toy", "fpfh"]
     assert m.members[0].features.options == {"scale": 2.5} and m.members[0].features.dim == 3

@@ -49,7 +49,9 @@ def library_bank(demo_root: Path, tmp_path_factory: pytest.TempPathFactory) -> t
                 ),
             )
         ],
-        training=bankfmt.TrainingInfo(n_samples=len(train), samples=[r.name for r in train], digest=digest(train)),
+        training=bankfmt.TrainingInfo(
+            n_samples=len(train), samples=[r.name for r in train], digest=digest(train)
+        ),
         score_stats=bankfmt.ScoreStats(
             source="validation",
             n=len(image),

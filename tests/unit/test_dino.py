@@ -141,5 +141,7 @@ def test_a_file_for_another_architecture_is_refused(tmp_path: Path) -> None:
 
 def test_offline_pretrained_fails_fast_with_instructions() -> None:
     """No network here, no hub cache: timm's pretrained loading of the dino tag fails with the way out."""
-    with pytest.raises(WeightsError, match=r"'vit_base_patch8_224\.dino'.*--weights file:PATH.*--weights random"):
+    with pytest.raises(
+        WeightsError, match=r"'vit_base_patch8_224\.dino'.*--weights file:PATH.*--weights random"
+    ):
         create_extractor("dino")

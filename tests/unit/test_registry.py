@@ -78,10 +78,24 @@ def _parser(namespace: str = "") -> argparse.ArgumentParser:
 
 def test_flags_from_a_model_round_trip_to_the_model() -> None:
     args = _parser("toy").parse_args(
-        ["--toy.name", "x", "--toy.layers", "1,2,4", "--toy.mode", "b", "--no-toy.fast", "--toy.inner.depth", "0.01"]
+        [
+            "--toy.name",
+            "x",
+            "--toy.layers",
+            "1,2,4",
+            "--toy.mode",
+            "b",
+            "--no-toy.fast",
+            "--toy.inner.depth",
+            "0.01",
+        ]
     )
     assert collect(args, "toy") == {
-        "name": "x", "layers": [1, 2, 4], "mode": "b", "fast": False, "inner": {"depth": 0.01}
+        "name": "x",
+        "layers": [1, 2, 4],
+        "mode": "b",
+        "fast": False,
+        "inner": {"depth": 0.01},
     }
     opts = parse_model(Opts, args, "toy")
     assert opts.layers == (1, 2, 4) and opts.inner.depth == 0.01 and opts.extra is None
@@ -124,6 +138,8 @@ def test_help_does_not_import_the_engine(tmp_path: Path) -> None:
         "heavy = {'torch', 'faiss', 'open3d', 'timm', 'fastapi'} & set(sys.modules)\n"
         "print('HEAVY', sorted(heavy))\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=tmp_path)
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=tmp_path
+    )
     assert "--rgb.backbone" in out.stdout and "--fpfh.window" in out.stdout and "serve" in out.stdout
     assert out.stdout.strip().splitlines()[-1] == "HEAVY []"
