@@ -1,4 +1,4 @@
-"""The FastAPI app: thin routes over shared state (settings, bank registry, metrics) given as dependencies.
+"""The FastAPI app: thin routes over shared state (settings, loaded banks, metrics) given as dependencies.
 
 Errors are typed exceptions (the :class:`PatchbankError` family) mapped to status codes in one place.
 Scoring runs in worker threads (never on the event loop), at most ``concurrency`` at once with at most
@@ -87,9 +87,9 @@ STATUS: list[tuple[type[Exception], int]] = [
 class State:
     """What every request shares: settings, the loaded banks, metrics, and the admission counter."""
 
-    def __init__(self, settings: ServiceSettings, registry: LoadedBanks) -> None:
+    def __init__(self, settings: ServiceSettings, loaded: LoadedBanks) -> None:
         self.settings = settings
-        self.registry = registry
+        self.loaded = loaded
         self.metrics = Metrics()
         self.limiter = anyio.CapacityLimiter(settings.concurrency)
         self.batcher = None
@@ -97,12 +97,12 @@ class State:
             self.batcher = Batcher(self.in_thread, settings.max_batch, self.metrics.batch_size.observe)
         self.admitted = 0
         self.ready = False
-        self.fleet: ReplicaLink | None = None
+        self.replicas: ReplicaLink | None = None
         if settings.redis_url:
-            self.fleet = ReplicaLink(
+            self.replicas = ReplicaLink(
                 settings.redis_url,
-                registry,
-                registry.banks,
+                loaded,
+                loaded.banks,
                 self.metrics,
                 settings.sync_interval_s,
                 settings.stream_maxlen,
@@ -111,18 +111,18 @@ class State:
 
     def load(self) -> None:
         """Load every bank, warm the extractors up, then turn ready (runs in a thread at start-up)."""
-        self.registry.load_all()
-        self.registry.warm_up()
-        if self.fleet is not None:
-            self.fleet.start()
+        self.loaded.load_all()
+        self.loaded.warm_up()
+        if self.replicas is not None:
+            self.replicas.start()
         self.ready = True
-        log.info("ready", extra={"categories": self.registry.categories(), "errors": self.registry.errors})
+        log.info("ready", extra={"categories": self.loaded.categories(), "errors": self.loaded.errors})
 
     def scorer(self, category: str) -> BankScorer:
         """The category's scorer; 503 while banks are still loading (not a misleading 404)."""
         if not self.ready:
             raise NotReady("banks are still loading; retry shortly")
-        return self.registry.get(category)
+        return self.loaded.get(category)
 
     @contextmanager
     def admit(self) -> Iterator[None]:
@@ -201,14 +201,14 @@ def category_info(scorer: BankScorer) -> CategoryInfo:
     )
 
 
-def create_app(settings: ServiceSettings | None = None, registry: LoadedBanks | None = None) -> FastAPI:
+def create_app(settings: ServiceSettings | None = None, loaded: LoadedBanks | None = None) -> FastAPI:
     settings = settings or ServiceSettings()
     banks = require(settings.banks, "banks directory", "--banks", "PATCHBANK_BANKS")
-    if registry is None:
+    if loaded is None:
         from patchbank.config import default_device
 
-        registry = LoadedBanks(banks, default_device(settings.device), weights_override(settings.weights))
-    state = State(settings, registry)
+        loaded = LoadedBanks(banks, default_device(settings.device), weights_override(settings.weights))
+    state = State(settings, loaded)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -216,9 +216,9 @@ def create_app(settings: ServiceSettings | None = None, registry: LoadedBanks | 
         yield
         if not loading.done():
             loading.cancel()
-        if state.fleet is not None:
-            await anyio.to_thread.run_sync(state.fleet.stop)
-            await state.fleet.aclose()
+        if state.replicas is not None:
+            await anyio.to_thread.run_sync(state.replicas.stop)
+            await state.replicas.aclose()
 
     errors = {code: {"model": ErrorResponse} for code in (400, 401, 404, 409, 413, 422, 503)}
     app = FastAPI(
@@ -282,15 +282,15 @@ def _install_routes(app: FastAPI) -> None:
         upload = Sample(await rgb.read(), await xyz.read(), xyz.filename, sample_id)
         fmt = map or state.settings.default_map
         digest = None
-        if idempotency_key and state.fleet is not None:
+        if idempotency_key and state.replicas is not None:
             digest = request_digest(category, fmt, sample_id, upload.rgb, upload.xyz)
-            stored = await state.fleet.recall(idempotency_key, digest)
+            stored = await state.replicas.recall(idempotency_key, digest)
             if stored is not None:
                 return JSONResponse(stored)
         result = await state.score_one(scorer, upload, fmt)
         _observe(state, [result], start)
-        if digest is not None and state.fleet is not None:
-            await state.fleet.remember(idempotency_key or "", digest, result.model_dump(mode="json"))
+        if digest is not None and state.replicas is not None:
+            await state.replicas.remember(idempotency_key or "", digest, result.model_dump(mode="json"))
         return result
 
     @app.post(
@@ -326,15 +326,15 @@ def _install_routes(app: FastAPI) -> None:
     )
     async def categories(state: StateDep) -> CategoriesResponse:
         """Every loaded category with its bank, and the banks that failed to load."""
-        infos = [category_info(state.registry.get(c)) for c in state.registry.categories()]
-        return CategoriesResponse(categories=infos, errors=state.registry.errors)
+        infos = [category_info(state.loaded.get(c)) for c in state.loaded.categories()]
+        return CategoriesResponse(categories=infos, errors=state.loaded.errors)
 
     @app.get(
         "/categories/{name}", response_model=CategoryInfo, dependencies=[Depends(require_key)], tags=["banks"]
     )
     async def category(state: StateDep, name: str) -> CategoryInfo:
         """One loaded category: method, bank size, dimension, version, thresholds, evaluation figures."""
-        return category_info(state.registry.get(name))
+        return category_info(state.loaded.get(name))
 
     @app.post(
         "/categories/{name}/reload",
@@ -344,9 +344,9 @@ def _install_routes(app: FastAPI) -> None:
     )
     async def reload(state: StateDep, name: str) -> CategoryInfo:
         """Load the category's active bank again (e.g. after build-bank); the old bank serves until then."""
-        if name not in bankfmt.list_categories(state.registry.banks):
+        if name not in bankfmt.list_categories(state.loaded.banks):
             raise NotFoundError(f"no bank directory for category {name!r} under the banks directory")
-        scorer = await anyio.to_thread.run_sync(state.registry.reload, name)
+        scorer = await anyio.to_thread.run_sync(state.loaded.reload, name)
         return category_info(scorer)
 
     @app.get("/healthz", response_model=Health, tags=["health"])
@@ -357,12 +357,12 @@ def _install_routes(app: FastAPI) -> None:
     @app.get("/readyz", response_model=Readiness, responses={503: {"model": Readiness}}, tags=["health"])
     async def readyz(state: StateDep) -> Any:
         """Banks loaded and extractors warmed up: 200, else 503."""
-        fleet = state.fleet
+        replicas = state.replicas
         body = Readiness(
             status="ready" if state.ready else "loading",
-            categories=state.registry.categories(),
-            redis="off" if fleet is None else ("unreachable" if fleet.degraded else "ok"),
-            degraded=fleet is not None and fleet.degraded,
+            categories=state.loaded.categories(),
+            redis="off" if replicas is None else ("unreachable" if replicas.degraded else "ok"),
+            degraded=replicas is not None and replicas.degraded,
         )
         return JSONResponse(body.model_dump(), status_code=200 if state.ready else 503)
 
@@ -381,8 +381,8 @@ def _observe(state: State, results: list[ScoreResponse], start: float) -> None:
     m.stage_seconds.labels(stage="total").observe(latency_ms / 1000.0)
     for r in results:
         r.timings_ms.total = latency_ms
-        if state.fleet is not None:
-            state.fleet.record_score(event_fields(r, latency_ms))
+        if state.replicas is not None:
+            state.replicas.record_score(event_fields(r, latency_ms))
         decision = "NG" if r.is_anomalous else "OK"
         m.image_score.labels(category=r.category).observe(r.image_score)
         m.decisions.labels(category=r.category, decision=decision).inc()

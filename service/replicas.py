@@ -1,4 +1,4 @@
-"""A replica's link to Redis: follows the shared bank registry, appends score events to a capped stream,
+"""A replica's link to Redis: follows the active versions shared in Redis, appends score events to a capped stream,
 and remembers answers to idempotent requests. Redis going away never stops scoring: the replica keeps its
 banks, counts dropped events, reports ``degraded`` and reconnects by itself."""
 
@@ -23,7 +23,7 @@ from patchbank.errors import PatchbankError
 from patchbank.loaded import LoadedBanks
 from patchbank_service.observability import Metrics
 
-log = logging.getLogger("patchbank.fleet")
+log = logging.getLogger("patchbank.replicas")
 
 
 class IdempotencyConflict(PatchbankError):
@@ -42,7 +42,7 @@ class ReplicaLink:
     def __init__(
         self,
         url: str,
-        registry: LoadedBanks,
+        loaded: LoadedBanks,
         banks: Path,
         metrics: Metrics,
         interval_s: float = 2.0,
@@ -50,7 +50,7 @@ class ReplicaLink:
         idempotency_ttl_s: int = 86400,
     ) -> None:
         self.url = url
-        self.registry = registry
+        self.loaded = loaded
         self.banks = Path(banks)
         self.metrics = metrics
         self.interval_s = interval_s
@@ -61,10 +61,10 @@ class ReplicaLink:
         self._client = active.connect(url)
         self._aclient = aredis.Redis.from_url(url, decode_responses=True, **active.TIMEOUTS)
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._follow, name="patchbank-fleet", daemon=True)
+        self._thread = threading.Thread(target=self._follow, name="patchbank-replicas", daemon=True)
         self._tasks: set[asyncio.Task[Any]] = set()
 
-    # ------------------------------------------------------------------ registry (background thread)
+    # ------------------------------------------------------------------ active versions (background thread)
     def start(self) -> None:
         self._thread.start()
 
@@ -95,10 +95,10 @@ class ReplicaLink:
         active.seed_missing(self._client, self.banks)
         local = set(bankfmt.list_categories(self.banks))
         for category, version in active.active_versions(self._client).items():
-            if category not in local or self.registry.version_of(category) == version:
+            if category not in local or self.loaded.version_of(category) == version:
                 continue
             try:
-                self.registry.reload(category, version)
+                self.loaded.reload(category, version)
             except PatchbankError as exc:
                 log.error("cannot switch %s to %s: %s", category, version, exc)
 
