@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from patchbank import bank as bankfmt
-from patchbank.bank import Calibration, FalseRejects, Manifest, ScoreStats, Thresholds, now_utc
+from patchbank.bank import Calibration, FalseRejects, Manifest, ScoreStats, Thresholds, is_anomalous, now_utc
 from patchbank.data import SampleRef
 from patchbank.errors import BankError, InputError
 from patchbank.extract import iter_batches
@@ -169,7 +169,7 @@ def calibrate_f1(
     thr, f1 = f1_threshold(labels, scores)
     pix_thr, pix_f1 = f1_threshold(masks.ravel(), maps.ravel())
     goods = np.asarray(manifest.score_stats.image_scores)
-    rejects = int((goods > thr).sum())
+    rejects = int(is_anomalous(goods, thr).sum())
     low, high = clopper_pearson(rejects, len(goods))
     cal = Calibration(
         rule="f1",

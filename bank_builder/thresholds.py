@@ -53,6 +53,7 @@ from numpy.typing import ArrayLike
 from scipy import stats
 from sklearn.model_selection import KFold
 
+from patchbank.bank import is_anomalous
 from patchbank.errors import InputError
 
 # The target is read as a decimal: floor(0.29 * 100) must be 29 although the float product is 28.999999999999996.
@@ -217,7 +218,7 @@ def cross_validated_frr(
     for train_idx, test_idx in splitter.split(np.arange(n)):
         train, test = _fold_outputs(fold_scores(train_idx, test_idx), train_idx, test_idx)
         threshold = threshold_at_frr(train, target).value
-        rejects += int(np.count_nonzero(test > threshold))
+        rejects += int(np.count_nonzero(is_anomalous(test, threshold)))
     low, high = clopper_pearson(rejects, n, confidence)
     return FRREstimate(rejects / n, low, high, rejects, n, int(k), confidence)
 

@@ -27,7 +27,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
+from typing import TypeVar
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from patchbank.coreset import CoresetSpec
@@ -45,6 +47,7 @@ INDEX_FILE = "index.faiss"
 ACTIVE = "ACTIVE"
 VERSION_RE = re.compile(r"^v(\d{4,})$")
 CATEGORY_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+T = TypeVar("T", float, "np.ndarray")
 LIBRARIES = ("patchbank", "torch", "timm", "faiss-cpu", "faiss-gpu", "open3d", "numpy", "scikit-learn")
 
 
@@ -91,9 +94,10 @@ class Thresholds(BaseModel):
         return is_anomalous(image_score, self.image)
 
 
-def is_anomalous(image_score: float, threshold: float) -> bool:
-    """The one decision rule: NG when the image score is strictly above the image threshold."""
-    return image_score > threshold
+def is_anomalous(image_score: T, threshold: float) -> T:
+    """The one decision rule: NG when the image score is strictly above the image threshold (a float, or an
+    array of scores -> a bool array)."""
+    return image_score > threshold  # type: ignore[return-value,operator]
 
 
 class FalseRejects(BaseModel):
