@@ -11,7 +11,8 @@ BANKS/<category>/
 ```
 A version is written to a temporary directory and renamed into place; calibrating or refreshing a bank makes
 a new version (``write_version`` with the same index files and a new manifest). No pickle anywhere.
-Format 1 manifests (one bank, before late fusion) are read as a single-member format 2 manifest.
+Format 1 manifests (one bank, before late fusion) are read as a single-member manifest of today's format; format 2
+named a feature spec's extractor "method", which is still read.
 """
 
 from __future__ import annotations
