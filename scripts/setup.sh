@@ -7,6 +7,8 @@
 #
 # PYTHON is a command or a path. A pythonX.Y that is not on PATH (or is only a pyenv shim of a version not
 # selected) is looked up under $(pyenv root)/versions/X.Y.*/bin/. VENV is relative to the repository root.
+# PATCHBANK_SETUP_DEPS_ONLY=1 installs the pinned dependencies but not the project, so it writes nothing
+# into the checkout (CI runs it in the background while tests run); a later plain run adds the project.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -69,17 +71,27 @@ else
   "$python" -m venv "$venv"
 fi
 
-# pip, quietly: the extra local indexes of some machines warn on every package they lack; hide those
-# lines, but never pip's exit status.
+# pip, quietly, never hiding its exit status. Two kinds of noise are dropped: the warning of the extra
+# local indexes of some machines for every package they lack, and setuptools' ten-line notice on every
+# editable install (at most 12 lines from its first, so that nothing else can go missing).
 pip_q() {
   local out status=0
   out=$("$venv/bin/python" -m pip "$@" 2>&1) || status=$?
-  [[ -z $out ]] || grep -v '^WARNING: Location' <<<"$out" >&2 || true
+  [[ -z $out ]] || awk '
+    /BuildBackendWarning: Editable installation\./ { skip = 12 }
+    skip > 0 { skip--; if (/with strategy, WheelFile/) skip = 0; next }
+    !/^WARNING: Location/' <<<"$out" >&2
   return "$status"
 }
 pip_q install -q --upgrade pip || die "upgrading pip in $venv failed"
-pip_q install -q -c constraints.txt -e ".[engine,dev]" || die "pip install into $venv failed"
+if [[ ${PATCHBANK_SETUP_DEPS_ONLY:-0} == 1 ]]; then
+  pip_q install -q -r constraints.txt || die "pip install of constraints.txt into $venv failed"
+  what="dependencies (without the project)"
+else
+  pip_q install -q -c constraints.txt -e ".[engine,dev]" || die "pip install into $venv failed"
+  what=engine
+fi
 "$venv/bin/python" -c "
 import platform, faiss, open3d, timm, torch
-print('patchbank engine ready in $venv: Python', platform.python_version() + ', torch', torch.__version__)
+print('patchbank $what ready in $venv: Python', platform.python_version() + ', torch', torch.__version__)
 "
