@@ -1,12 +1,14 @@
 """The one preprocessing shared by training, evaluation and serving (BTF's transforms).
 
-RGB: resized to 224 x 224 with PIL bicubic, scaled to [0, 1], ImageNet mean/std.
+RGB: resized to 224 x 224 with PIL bicubic, scaled to [0, 1]; each RGB extractor then normalises with its
+backbone's own mean/std (recorded in its feature spec: ImageNet's for the published configuration).
 xyz: nearest-resized to 224 x 224 with torch's ``nearest`` rule (as BTF), invalid = any coordinate zero.
 Masks: PIL nearest to 224 x 224 (as BTF), for metrics only.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -21,7 +23,7 @@ IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
 class Prepared:
     """One sample ready for feature extraction.
 
-    rgb: (3, S, S) float32, normalised; xyz: (S, S, 3) float32, metres; input_size: the RGB's (width, height).
+    rgb: (3, S, S) float32 in [0, 1]; xyz: (S, S, 3) float32, metres; input_size: the RGB's (width, height).
     """
 
     rgb: np.ndarray
@@ -30,10 +32,17 @@ class Prepared:
 
 
 def rgb_array(image: Image.Image, size: int = IMAGE_SIZE) -> np.ndarray:
-    """(3, size, size) float32: bicubic resize, /255, ImageNet normalisation."""
+    """(3, size, size) float32 in [0, 1]: bicubic resize, /255."""
     resized = image.convert("RGB").resize((size, size), Image.Resampling.BICUBIC)
     arr = np.asarray(resized, dtype=np.float32) / 255.0
-    return np.ascontiguousarray(((arr - IMAGENET_MEAN) / IMAGENET_STD).transpose(2, 0, 1))
+    return np.ascontiguousarray(arr.transpose(2, 0, 1))
+
+
+def normalise(rgb: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> np.ndarray:
+    """(..., 3, H, W) float32 in [0, 1] -> (x - mean) / std per channel, float32."""
+    m = np.asarray(mean, dtype=np.float32)[:, None, None]
+    s = np.asarray(std, dtype=np.float32)[:, None, None]
+    return (rgb - m) / s
 
 
 def resize_xyz(xyz: np.ndarray, size: int = IMAGE_SIZE) -> np.ndarray:

@@ -9,7 +9,9 @@ Weight sources are registered parts (:data:`WEIGHT_SOURCES`), each recorded in t
 - ``file``: a local state dict of the full model (``.safetensors``, or ``.pt``/``.pth`` read with
   ``torch.load(weights_only=True)``); keys the feature model does not use (``fc.*``, ``layer4.*``,
   a ViT's ``head.*``) are ignored, missing ones are an error;
-- ``random``: a seeded random initialisation, an explicit and logged opt-in for tests and demos.
+- ``random``: a seeded random initialisation, an explicit and logged opt-in for tests and demos;
+- ``package``: a file an installed distribution ships (:mod:`patchbank.packaged`), real weights with no
+  network.
 
 On the command line a source is ``NAME[:VALUE]`` (``random``, ``random:3``, ``file:/models/w.safetensors``,
 ``pretrained:tv_in1k``; a bare path means ``file``). Whatever the source, the loaded parameters are hashed;
@@ -54,7 +56,7 @@ class WeightsIdentity(BaseModel):
 
     kind: str = Field(
         description="the weight source's name (pretrained: a timm tag, file: a local file, random: a seeded "
-        "init), or none for extractors without weights (FPFH)"
+        "init, package: an installed distribution's file), or none for extractors without weights (FPFH)"
     )
     tag: str | None = Field(
         None, description="timm model name with pretrained tag, e.g. wide_resnet50_2.tv_in1k"
@@ -64,6 +66,8 @@ class WeightsIdentity(BaseModel):
     )
     file_sha256: str | None = Field(None, description="sha256 of the local weights file")
     seed: int | None = Field(None, description="torch seed of a random initialisation")
+    distribution: str | None = Field(None, description="the installed distribution that shipped the weights")
+    distribution_version: str | None = Field(None, description="its version")
     params_sha256: str | None = Field(None, description="sha256 over the loaded parameters (names and bytes)")
 
 
@@ -120,6 +124,9 @@ class Backbone(Protocol):
 
     def state_owner(self, model: torch.nn.Module) -> torch.nn.Module:
         """The module whose state-dict keys are a full model's."""
+
+    def full_state_shapes(self) -> list[tuple[str, tuple[int, ...]]]:
+        """The full model's state-dict keys and shapes, in order (what a checkpoint of it holds)."""
 
 
 class WeightSource(Part):
@@ -392,3 +399,6 @@ def hub_offline_when_unreachable() -> Iterator[None]:
         yield
     finally:
         constants.HF_HUB_OFFLINE = False
+
+
+from patchbank import packaged  # noqa: E402, F401  (registers the package source, which builds on this module)

@@ -82,6 +82,12 @@ class FeatureExtractor(Part, ABC):
         return self.spec.dim
 
     @classmethod
+    def complete(cls, options: Any) -> Any:
+        """The options with what their defaults stand for filled in (e.g. a backbone's own input
+        normalisation), as the spec records them; most extractors have nothing to fill."""
+        return options
+
+    @classmethod
     def create(cls, options: Any, weights: Weights | None, device: str, override: str | None) -> Self:
         """Build from validated options; extractors with weights override this."""
         return cls(options, device)  # type: ignore[call-arg]
@@ -115,7 +121,7 @@ def list_extractors() -> list[str]:
 def resolve_options(name: str, options: dict[str, Any] | None = None) -> dict[str, Any]:
     """The complete option dict of extractor ``name`` (defaults filled in); InputError for unknown names or
     options."""
-    return EXTRACTORS.options(name, options).model_dump(mode="json")
+    return EXTRACTORS.get(name).complete(EXTRACTORS.options(name, options)).model_dump(mode="json")
 
 
 def create_extractor(
@@ -128,4 +134,4 @@ def create_extractor(
     """Build a registered extractor. ``weights`` is a request (building a bank) or a recorded identity
     (rebuilding one; ``weights_override`` then points at a moved file, refused unless it hashes the same)."""
     cls = EXTRACTORS.get(name)
-    return cls.create(EXTRACTORS.options(name, options), weights, device, weights_override)
+    return cls.create(cls.complete(EXTRACTORS.options(name, options)), weights, device, weights_override)

@@ -104,6 +104,10 @@ class RGBFPFHExtractor(FeatureExtractor):
         )
 
     @classmethod
+    def complete(cls, options: Any) -> Any:
+        return options.model_copy(update={"rgb": RGBExtractor.complete(options.rgb)})
+
+    @classmethod
     def create(cls, options: Any, weights: Weights | None, device: str, override: str | None) -> Self:
         return cls(options, RGBExtractor.create(options.rgb, weights, device, override), device)
 

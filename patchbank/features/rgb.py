@@ -20,8 +20,14 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from patchbank.errors import InputError
 from patchbank.features.base import FeatureExtractor, FeatureSpec, Weights, register_extractor, to_grid
-from patchbank.preprocess import Prepared
-from patchbank.weights import WeightsIdentity, WeightsRequest, load_weights, rebuild_weights
+from patchbank.preprocess import IMAGENET_MEAN, IMAGENET_STD, Prepared, normalise
+from patchbank.weights import (
+    DEFAULT_PRETRAINED_TAGS,
+    WeightsIdentity,
+    WeightsRequest,
+    load_weights,
+    rebuild_weights,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -33,6 +39,14 @@ class RGBOptions(BaseModel):
     backbone: str = Field("wide_resnet50_2", description="timm model name")
     layers: tuple[int, ...] = Field((2, 3), description="timm features_only out_indices")
     image_size: int = Field(224, ge=32, description="input side length, pixels")
+    mean: tuple[float, float, float] | None = Field(
+        None,
+        description="input normalisation mean (RGB, 0-1 scale); default: the backbone's pretrained configuration",
+    )
+    std: tuple[float, float, float] | None = Field(
+        None,
+        description="input normalisation std (RGB, 0-1 scale); default: the backbone's pretrained configuration",
+    )
     precision: Literal["fp32", "bf16"] = Field(
         "fp32",
         description="backbone arithmetic: fp32, or bf16 autocast (faster on CPUs with AVX512-BF16/AMX and GPUs)",
@@ -70,6 +84,12 @@ class TimmBackbone:
             return FeatureGetterNet(full, out_indices=list(o.layers), norm=True)
         return timm.create_model(name, pretrained=pretrained, features_only=True, out_indices=o.layers)
 
+    def full_state_shapes(self) -> list[tuple[str, tuple[int, ...]]]:
+        import timm
+
+        full = timm.create_model(self.opts.backbone, pretrained=False)
+        return [(k, tuple(v.shape)) for k, v in full.state_dict().items()]
+
     def state_owner(self, model: torch.nn.Module) -> torch.nn.Module:
         """A ViT feature model (``FeatureGetterNet``) holds the truncated model under ``model.``; CNN feature
         models (``FeatureListNet``) keep the full names."""
@@ -105,11 +125,27 @@ class RGBExtractor(FeatureExtractor):
         """(B, D, 28, 28) pooled layer features, concatenated along channels."""
         import torch
 
-        x = torch.from_numpy(np.stack([p.rgb for p in batch])).to(self.device)
+        assert self.opts.mean is not None and self.opts.std is not None  # complete() filled them
+        x = torch.from_numpy(normalise(np.stack([p.rgb for p in batch]), self.opts.mean, self.opts.std))
+        x = x.to(self.device)
         bf16 = self.opts.precision == "bf16"
         with torch.inference_mode(), torch.autocast(self.device.type, torch.bfloat16, enabled=bf16):
             maps = [to_grid(f.float()) for f in self.model(x)]
         return torch.cat(maps, dim=1)
+
+    @classmethod
+    def complete(cls, options: Any) -> Any:
+        """Mean and std left to default become the backbone's pretrained configuration's (of the tag its
+        weights default to), so the spec records the normalisation the features were made with."""
+        if options.mean is not None and options.std is not None:
+            return options
+        import timm
+
+        tag = DEFAULT_PRETRAINED_TAGS.get(options.backbone)
+        cfg = timm.get_pretrained_cfg(f"{options.backbone}.{tag}" if tag else options.backbone)
+        mean = options.mean or tuple(getattr(cfg, "mean", None) or IMAGENET_MEAN.tolist())
+        std = options.std or tuple(getattr(cfg, "std", None) or IMAGENET_STD.tolist())
+        return options.model_copy(update={"mean": tuple(map(float, mean)), "std": tuple(map(float, std))})
 
     @classmethod
     def create(cls, options: Any, weights: Weights | None, device: str, override: str | None) -> Self:

@@ -25,14 +25,14 @@ from tests.conftest import CATEGORY
 class ToyOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    scale: float = Field(1.0, gt=0, description="multiplies the normalised colours")
+    scale: float = Field(1.0, gt=0, description="multiplies the colours")
 
 
 @pytest.fixture
 def toy() -> Iterator[type[FeatureExtractor]]:
     @register_extractor("toy")
     class Toy(FeatureExtractor):
-        """The three normalised colour channels of each patch, times ``scale``."""
+        """The three colour channels (0-1) of each patch, times ``scale``."""
 
         options_model = ToyOptions
 

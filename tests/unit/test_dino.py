@@ -17,7 +17,7 @@ from patchbank.errors import InputError, WeightsError
 from patchbank.extract import load_prepared
 from patchbank.features import FeatureSpec, create_extractor, resolve_options
 from patchbank.features.base import FeatureExtractor
-from patchbank.preprocess import Prepared
+from patchbank.preprocess import IMAGENET_MEAN, IMAGENET_STD, Prepared
 from patchbank.weights import WeightsIdentity, WeightsRequest, params_sha256, sha256_file
 from tests.conftest import CATEGORY
 
@@ -64,6 +64,8 @@ def test_dino_options_and_defaults() -> None:
         "image_size": 224,
         "precision": "fp32",
         "final_norm": True,
+        "mean": [0.485, 0.456, 0.406],  # timm's configuration of the dino tag: ImageNet's
+        "std": [0.229, 0.224, 0.225],
     }
     assert "final_norm" not in resolve_options("rgb")  # the rgb extractor's spec is unchanged
     with pytest.raises(InputError, match="bad option for feature extractor dino: image_size"):
@@ -81,7 +83,8 @@ def test_random_init_dino_is_vit_b8_last_block_normed_28x28x768(
 
     torch.manual_seed(0)
     full = timm.create_model(VIT).eval()
-    ref = plain_m3dm_tokens(full, torch.from_numpy(np.stack([p.rgb for p in prepared])))
+    x = (np.stack([p.rgb for p in prepared]) - IMAGENET_MEAN[:, None, None]) / IMAGENET_STD[:, None, None]
+    ref = plain_m3dm_tokens(full, torch.from_numpy(x))  # DINO's tag normalises with ImageNet's mean/std
     np.testing.assert_allclose(feats, ref.flatten(2).permute(0, 2, 1).numpy(), rtol=1e-4, atol=1e-5)
 
 

@@ -15,7 +15,7 @@ from PIL import Image
 from patchbank.data import list_samples
 from patchbank.errors import InputError
 from patchbank.features import create_extractor, list_extractors, resolve_options
-from patchbank.preprocess import prepare
+from patchbank.preprocess import IMAGENET_MEAN, IMAGENET_STD, prepare
 from patchbank.weights import WeightsRequest
 from tests.conftest import CATEGORY
 
@@ -86,7 +86,8 @@ def test_rgb_layers_pooled_and_concatenated(demo_root: Path) -> None:
     torch.manual_seed(3)
     model = timm.create_model("resnet18", features_only=True, out_indices=(2, 3)).eval()
     with torch.no_grad():
-        maps = model(torch.from_numpy(p.rgb)[None])
+        x = (p.rgb - IMAGENET_MEAN[:, None, None]) / IMAGENET_STD[:, None, None]  # resnet18's own config
+        maps = model(torch.from_numpy(x)[None])
     avg, resize = torch.nn.AvgPool2d(3, stride=1), torch.nn.AdaptiveAvgPool2d((28, 28))
     patch = torch.cat([resize(avg(m)) for m in maps], 1)
     np.testing.assert_allclose(feats[0], patch.reshape(patch.shape[1], -1).T.numpy(), rtol=1e-4, atol=1e-5)

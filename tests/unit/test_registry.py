@@ -25,7 +25,7 @@ def test_metadata_comes_from_the_registered_classes() -> None:
     assert EXTRACTORS.get("rgb+fpfh").default_weights == "pretrained"
     assert parse_method("rgb/fpfh").needs_weights and not parse_method("fpfh").needs_weights
     assert set(FUSION_RULES.names()) == {"max", "svm"}
-    assert set(WEIGHT_SOURCES.names()) >= {"pretrained", "file", "random"}
+    assert set(WEIGHT_SOURCES.names()) >= {"pretrained", "file", "random", "package"}
     with pytest.raises(InputError, match="unknown feature extractor 'sift'; known: dino, fpfh"):
         EXTRACTORS.get("sift")
 
@@ -48,7 +48,7 @@ def test_weights_specs(text: str | None, source: str | None, options: dict[str, 
 
 
 def test_a_bad_weights_spec_names_the_sources() -> None:
-    with pytest.raises(InputError, match="NAME one of file, pretrained, random"):
+    with pytest.raises(InputError, match="NAME one of file, package, pretrained, random"):
         WeightsRequest.parse("hub")
 
 
