@@ -203,10 +203,10 @@ def category_info(scorer: BankScorer) -> CategoryInfo:
 
 def create_app(settings: ServiceSettings | None = None, loaded: LoadedBanks | None = None) -> FastAPI:
     settings = settings or ServiceSettings()
-    banks = require(settings.banks, "banks directory", "--banks", "PATCHBANK_BANKS")
     if loaded is None:
         from patchbank.config import default_device
 
+        banks = require(settings.banks, "banks directory", "--banks", "PATCHBANK_BANKS")
         loaded = LoadedBanks(banks, default_device(settings.device), weights_override(settings.weights))
     state = State(settings, loaded)
 

@@ -164,3 +164,17 @@ def test_make_demo_data_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
     assert run_command(MAKE_DEMO_DATA, [str(out), "--size", "big", "--quiet"]) == 2
     assert "--size must be PX or WIDTHxHEIGHT" in capsys.readouterr().err
     shutil.rmtree(out)
+
+
+def test_serve_without_a_banks_directory_says_how_to_give_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The service and the offline commands share one settings model, with no silent default folder."""
+    from patchbank.cli import main
+
+    monkeypatch.delenv("PATCHBANK_BANKS", raising=False)
+    monkeypatch.setenv("PATCHBANK_CONFIG", str(tmp_path / "none.toml"))
+    assert main(["serve"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "error: no banks directory given: pass --banks, set PATCHBANK_BANKS, or put it in patchbank.toml"
+    )
