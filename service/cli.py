@@ -7,6 +7,7 @@ import argparse
 from pathlib import Path
 
 from patchbank.cli import Command
+from patchbank.config import require
 from patchbank.errors import ConfigError
 
 
@@ -29,9 +30,10 @@ def _serve(args: argparse.Namespace) -> int:
 
     overrides = {k: v for k, v in (("banks", args.banks), ("device", args.device)) if v is not None}
     settings = ServiceSettings(**overrides)
-    if settings.banks is not None and not settings.banks.is_dir():
-        raise ConfigError(f"banks directory {settings.banks} does not exist")
-    configure_logging(settings.log_json)
+    banks = require(settings.banks, "banks directory", "--banks", "PATCHBANK_BANKS")
+    if not banks.is_dir():
+        raise ConfigError(f"banks directory {banks} does not exist")
+    configure_logging(settings.log_json)  # only once the settings hold: errors stay one plain line
     app = create_app(settings)
     uvicorn.run(
         app,
