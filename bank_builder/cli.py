@@ -27,10 +27,21 @@ from patchbank_builder.options import (
     CompareOptions,
     EvaluateOptions,
     PublishOptions,
+    Where,
 )
 
 if TYPE_CHECKING:
     from patchbank_builder.build import BuildRequest
+
+
+def data_root(opts: Where, s: Settings) -> Path:
+    """The dataset root: the flag, else the settings; ConfigError saying the three ways to set it."""
+    return require(opts.data_root or s.data_root, "data root", "--data-root", "PATCHBANK_DATA_ROOT")
+
+
+def banks_dir(opts: Where | PublishOptions, s: Settings) -> Path:
+    """The banks directory: the flag, else the settings; ConfigError saying the three ways to set it."""
+    return require(opts.banks or s.banks, "banks directory", "--banks", "PATCHBANK_BANKS")
 
 
 def add_part_flags(p: argparse.ArgumentParser) -> None:
@@ -98,8 +109,8 @@ def build_request(
     }
     return BuildRequest(
         category=opts.category,
-        data_root=require(opts.data_root or s.data_root, "data root", "--data-root", "PATCHBANK_DATA_ROOT"),
-        banks=require(opts.banks or s.banks, "banks directory", "--banks", "PATCHBANK_BANKS"),
+        data_root=data_root(opts, s),
+        banks=banks_dir(opts, s),
         method=method.name,
         options=member_options(method.members, args),
         fusion_options=fusion_options(method, args),
@@ -185,7 +196,7 @@ def _publish(
 
 def _publish_command(args: argparse.Namespace) -> int:
     opts = parse_model(PublishOptions, args, publish=True)
-    banks = require(opts.banks or Settings().banks, "banks directory", "--banks", "PATCHBANK_BANKS")
+    banks = banks_dir(opts, Settings())
     _publish(banks, opts.category, opts.version, opts)
     return 0
 
@@ -209,8 +220,8 @@ def _evaluate(args: argparse.Namespace) -> int:
 
     opts = parse_model(EvaluateOptions, args)
     s = Settings()
-    root = require(opts.data_root or s.data_root, "data root", "--data-root", "PATCHBANK_DATA_ROOT")
-    banks = require(opts.banks or s.banks, "banks directory", "--banks", "PATCHBANK_BANKS")
+    root = data_root(opts, s)
+    banks = banks_dir(opts, s)
     device = default_device(opts.device or s.device)
     scorer = load_scorer(
         banks, opts.category, opts.version, device, weights_override(opts.weights or s.weights)
@@ -241,10 +252,10 @@ def _calibrate(args: argparse.Namespace) -> int:
 
     opts = parse_model(CalibrateOptions, args)
     s = Settings()
-    banks = require(opts.banks or s.banks, "banks directory", "--banks", "PATCHBANK_BANKS")
+    banks = banks_dir(opts, s)
     labelled, device, weights = None, "cpu", None
     if opts.rule == "f1":
-        root = require(opts.data_root or s.data_root, "data root", "--data-root", "PATCHBANK_DATA_ROOT")
+        root = data_root(opts, s)
         labelled = list_samples(root, opts.category, opts.labelled)
         device = default_device(opts.device or s.device)
         weights = weights_override(opts.weights or s.weights)
