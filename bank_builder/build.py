@@ -24,7 +24,8 @@ from patchbank.features.base import FeatureExtractor
 from patchbank.fusion import Fusion, fit_fusion
 from patchbank.index import PatchIndex, default_kind
 from patchbank.methods import DEFAULT_METHOD, parse_method
-from patchbank.scorer import BankScorer, Scores, check_same_size, fuse
+from patchbank.rules import Scoring
+from patchbank.scorer import BankScorer, Scores, check_same_size, fuse, part_patches
 from patchbank.weights import WeightsRequest
 from patchbank_builder.calibrate import (
     calibrate_target_frr,
@@ -51,6 +52,7 @@ class BuildRequest:
     weights: WeightsRequest = field(default_factory=WeightsRequest)  # members that need weights
     member_weights: dict[str, WeightsRequest] = field(default_factory=dict)  # one member's, by name
     fusion_options: dict[str, Any] = field(default_factory=dict)  # the fusion rule's options
+    scoring: dict[str, Any] = field(default_factory=dict)  # overrides of the method's scoring rule
     device: str = "cpu"
     batch_size: int = 8
     evaluate: bool = True
@@ -107,6 +109,7 @@ def new_manifest(
     fusion: Fusion | None,
     train: Sequence[SampleRef],
     stats: bankfmt.ScoreStats,
+    scoring: Scoring,
 ) -> bankfmt.Manifest:
     """The manifest of a bank not yet written (its version is assigned by ``write_version``)."""
     return bankfmt.Manifest(
@@ -116,6 +119,7 @@ def new_manifest(
         method=method,
         members=list(members),
         fusion=fusion,
+        scoring=scoring,
         training=bankfmt.TrainingInfo(
             n_samples=len(train), samples=[r.name for r in train], digest=digest(train)
         ),
@@ -143,6 +147,7 @@ def coreset_index(features: np.ndarray, req: BuildRequest) -> tuple[PatchIndex, 
 def build_bank(req: BuildRequest) -> BuildResult:
     bankfmt.check_category(req.category)
     method = parse_method(req.method)
+    scoring = method.scoring(req.scoring)
     timings: dict[str, float] = {}
     train = list_samples(req.data_root, req.category, "train", kinds=["good"])
     if len(train) < 2:
@@ -164,7 +169,9 @@ def build_bank(req: BuildRequest) -> BuildResult:
     )
 
     with timed(timings, "features"):
-        raw = extract_all(extractors, train, req.batch_size, req.progress)
+        raw, keep = extract_all(
+            extractors, train, req.batch_size, req.progress, lambda batch: part_patches(batch, scoring)
+        )
         feats = [e.fit(f) for e, f in zip(extractors, raw, strict=True)]  # (N, 784, D) per member
     with timed(timings, "coreset"):
         built = [coreset_index(f, req) for f in feats]
@@ -173,9 +180,10 @@ def build_bank(req: BuildRequest) -> BuildResult:
     with timed(timings, "held-out"):
         if has_split(req.data_root, req.category, "validation"):
             val = list_samples(req.data_root, req.category, "validation", kinds=["good"])
-            source, held = "validation", held_out_validation(extractors, indices, val, req.progress)
+            source = "validation"
+            held = held_out_validation(extractors, indices, val, scoring, req.progress)
         else:
-            source, held = "train-leave-one-out", held_out_training(indices, feats)
+            source, held = "train-leave-one-out", held_out_training(indices, feats, scoring, keep)
         fusion = None
         if method.fusion is not None:
             fusion = fit_fusion(
@@ -193,7 +201,7 @@ def build_bank(req: BuildRequest) -> BuildResult:
         new_member(e, index, file, info, h)
         for e, (index, info), file, h in zip(extractors, built, files, held, strict=True)
     ]
-    manifest = new_manifest(req.category, method.name, members, fusion, train, stats)
+    manifest = new_manifest(req.category, method.name, members, fusion, train, stats, scoring)
     if req.calibrate:
         manifest = calibrate_target_frr(manifest, req.target_frr)
 

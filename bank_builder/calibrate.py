@@ -34,7 +34,8 @@ from patchbank.extract import iter_batches
 from patchbank.features.base import GRID, FeatureExtractor
 from patchbank.fusion import fit_image
 from patchbank.index import PatchIndex
-from patchbank.scorer import BankScorer, Scores, load_scorer, score_patches
+from patchbank.rules import PUBLISHED, Scoring
+from patchbank.scorer import BankScorer, Scores, load_scorer, part_patches, score_patches
 from patchbank_builder.evaluate import at_threshold, score_labelled
 from patchbank_builder.options import DEFAULT_TARGET_FRR
 from patchbank_builder.thresholds import (
@@ -52,27 +53,44 @@ def held_out_validation(
     extractors: Sequence[FeatureExtractor],
     indices: Sequence[PatchIndex],
     refs: Sequence[SampleRef],
+    scoring: Scoring = PUBLISHED,
     progress: bool = True,
 ) -> list[Scores]:
     """Each member's raw scores of ``validation/good`` samples."""
     parts: list[list[Scores]] = [[] for _ in indices]
-    for _, _, feats in iter_batches(extractors, refs, progress=progress, desc="validation"):
+    for _, prepared, feats in iter_batches(extractors, refs, progress=progress, desc="validation"):
+        keep = part_patches(prepared, scoring)
         for part, index, f in zip(parts, indices, feats, strict=True):
-            part.append(score_patches(index, f))
+            part.append(score_patches(index, f, scoring=scoring, keep=keep))
     return [Scores.concat(p) for p in parts]
 
 
-def held_out_training(indices: Sequence[PatchIndex], features: Sequence[np.ndarray]) -> list[Scores]:
+def held_out_training(
+    indices: Sequence[PatchIndex],
+    features: Sequence[np.ndarray],
+    scoring: Scoring = PUBLISHED,
+    keep: np.ndarray | None = None,
+) -> list[Scores]:
     """Each member's raw scores of the training samples, each with its own bank vectors excluded.
 
-    features: per member, (N, 784, D) training features; the bank's ids are ``sample * 784 + patch``.
+    features: per member, (N, 784, D) training features; the bank's ids are ``sample * 784 + patch``;
+    keep: (N, 784) their patches on the part (when the scoring scores the part only).
     """
     out = []
     for index, feats in zip(indices, features, strict=True):
         owner = index.ids // (GRID * GRID)
         out.append(
             Scores.concat(
-                [score_patches(index, feats[i : i + 1], exclude_rows=[owner == i]) for i in range(len(feats))]
+                [
+                    score_patches(
+                        index,
+                        feats[i : i + 1],
+                        exclude_rows=[owner == i],
+                        scoring=scoring,
+                        keep=None if keep is None else keep[i : i + 1],
+                    )
+                    for i in range(len(feats))
+                ]
             )
         )
     return out

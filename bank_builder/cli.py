@@ -19,6 +19,7 @@ from patchbank.features import EXTRACTORS
 from patchbank.fusion import FUSION_RULES
 from patchbank.methods import Method, parse_method
 from patchbank.registry import NoOptions
+from patchbank.rules import Scoring
 from patchbank.weights import WeightsRequest
 from patchbank_builder.options import (
     DEFAULT_TARGET_FRR,
@@ -58,6 +59,14 @@ def add_part_flags(p: argparse.ArgumentParser) -> None:
                 metavar="SPEC",
                 help=f"weights of the {name} member (default --weights, else {cls.default_weights})",
             )
+    add_model_flags(
+        p.add_argument_group(
+            "scoring",
+            "the method's scoring rule; its defaults: BTF's (reweighted-max, every patch) for fpfh and rgb+fpfh, map-max on the part for every other method",
+        ),
+        Scoring,
+        "scoring",
+    )
     for rule in FUSION_RULES:
         model = FUSION_RULES.get(rule).options_model
         if model is not NoOptions:
@@ -82,6 +91,13 @@ def fusion_options(method: Method, args: argparse.Namespace) -> dict[str, Any]:
         return {}
     parse_model(FUSION_RULES.get(method.fusion).options_model, args, method.fusion)
     return collect(args, method.fusion)
+
+
+def scoring_options(method: Method, args: argparse.Namespace) -> dict[str, Any]:
+    """The ``--scoring.*`` flags given, checked against the method's scoring rule."""
+    options = collect(args, "scoring")
+    method.scoring(options)
+    return options
 
 
 def check_part_flags(methods: Sequence[Method], args: argparse.Namespace) -> None:
@@ -114,6 +130,7 @@ def build_request(
         method=method.name,
         options=member_options(method.members, args),
         fusion_options=fusion_options(method, args),
+        scoring=scoring_options(method, args),
         coreset=opts.coreset,
         index_kind=opts.index,
         weights=weights,
@@ -303,14 +320,16 @@ def _compare(args: argparse.Namespace) -> int:
     if not methods:
         raise InputError("--methods needs at least one method")
     check_part_flags(methods, args)
-    results = []
+    results, costs = [], []
     for method in methods:
         result = build_bank(build_request(opts, method, args, calibrate=True, activate=False))
         if result.evaluation is None:
             raise InputError(f"category {opts.category!r} has no test split to compare on")
         results.append(result.evaluation)
+        build_s = sum(s for stage, s in result.timings_s.items() if stage != "evaluate")
+        costs.append((build_s, sum(m.coreset.size for m in result.manifest.members)))
         print(f"{method.name}: {result.manifest.category}/{result.manifest.version}", file=sys.stderr)
-    print(compare_table(results))
+    print(compare_table(results, costs))
     if opts.json_file:
         opts.json_file.write_text(json.dumps([r.model_dump(exclude={"scores"}) for r in results], indent=2))
     return 0

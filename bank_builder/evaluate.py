@@ -3,6 +3,7 @@ defect kind (each kind against all good samples), plus the decision rates at the
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from typing import TypeVar
 
@@ -58,7 +59,9 @@ def evaluate(scorer: BankScorer, refs: Sequence[SampleRef], progress: bool = Tru
     kinds = np.array([r.kind for r in refs])
     if GOOD not in kinds or len(set(kinds)) < 2:
         raise InputError("evaluation needs good and defective test samples (test/good and test/<defect>)")
+    start = time.perf_counter()
     image, amaps, gts = score_labelled(scorer, refs, progress)
+    score_ms = (time.perf_counter() - start) * 1000 / len(refs)
     labels = (kinds != GOOD).astype(int)
     overall = figures(labels, image, gts, amaps)
     per_defect = {}
@@ -76,6 +79,7 @@ def evaluate(scorer: BankScorer, refs: Sequence[SampleRef], progress: bool = Tru
         au_pro=overall.au_pro,
         n_test=len(refs),
         per_defect=per_defect,
+        score_ms=score_ms,
         threshold=thr,
         false_reject_rate=0.0,
         miss_rate=0.0,
@@ -143,9 +147,10 @@ def table(ev: Evaluation) -> str:
     return "\n".join([head, *lines, foot, *([ev.calibration] if ev.calibration else [])])
 
 
-def compare_table(evaluations: Sequence[Evaluation]) -> str:
+def compare_table(evaluations: Sequence[Evaluation], costs: Sequence[tuple[float, int]] = ()) -> str:
     """Several methods on one category: I-AUROC / P-AUROC / AU-PRO per defect kind, one column per method,
-    then each method's false-reject and miss rates on the test split at its calibrated threshold."""
+    then each method's false-reject and miss rates on the test split at its calibrated threshold, and its
+    cost: ``costs`` (build seconds, bank vectors) per method, and the scoring milliseconds per sample."""
     kinds = list(evaluations[0].per_defect)
     head = ["kind", "n", *(ev.method for ev in evaluations)]
     rows = [head, ["", "", *("I-AUROC P-AUROC AU-PRO" for _ in evaluations)]]
@@ -161,6 +166,11 @@ def compare_table(evaluations: Sequence[Evaluation]) -> str:
     rows.append(
         ["FRR / miss", "", *(f"{ev.false_reject_rate:.3f} / {ev.miss_rate:.3f}" for ev in evaluations)]
     )
+    tail = 1
+    if costs:
+        rows.append(["build s / vectors", "", *(f"{s:.1f} / {n}" for s, n in costs)])
+        rows.append(["score ms / sample", "", *(f"{ev.score_ms or 0:.0f}" for ev in evaluations)])
+        tail = 3
     widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
     lines = [
         "  ".join(
@@ -170,4 +180,5 @@ def compare_table(evaluations: Sequence[Evaluation]) -> str:
     ]
     rule = "-" * len(lines[0])
     title = f"{evaluations[0].category}: {len(evaluations)} methods, test split"
-    return "\n".join([title, lines[0], lines[1], rule, *lines[2:-2], rule, *lines[-2:]])
+    body, foot = lines[2 : -1 - tail], lines[-1 - tail :]
+    return "\n".join([title, lines[0], lines[1], rule, *body, rule, *foot])

@@ -38,6 +38,7 @@ from patchbank.errors import BankError
 from patchbank.features.base import FeatureSpec
 from patchbank.fusion import Fusion
 from patchbank.index import PatchIndex
+from patchbank.rules import Scoring
 from patchbank.weights import WeightsIdentity, sha256_file
 
 FORMAT_VERSION = 3  # 3: a feature spec names its "extractor" (2 said "method"; read as before)
@@ -163,6 +164,9 @@ class EvaluationRecord(BaseModel):
     au_pro: float
     n_test: int
     per_defect: dict[str, Figures]
+    score_ms: float | None = Field(
+        None, description="mean wall-clock milliseconds per test sample, scored in batches of 8"
+    )
     threshold: float
     false_reject_rate: float = Field(description="good test samples scored above the threshold")
     false_reject_ci: tuple[float, float] = Field(
@@ -214,6 +218,10 @@ class Manifest(BaseModel):
     method: str = Field(description="scoring method (patchbank.methods): e.g. rgb+fpfh, or rgb/fpfh")
     members: list[Member] = Field(min_length=1, description="one bank per member extractor")
     fusion: Fusion | None = Field(None, description="how the members' scores combine (2+ members)")
+    scoring: Scoring = Field(
+        default_factory=Scoring,
+        description="how patch distances become the map and the image score (absent: BTF's published rule)",
+    )
     training: TrainingInfo
     score_stats: ScoreStats = Field(description="held-out goods' final (fused) scores")
     thresholds: Thresholds

@@ -131,6 +131,7 @@ def execute(command: Any, args: argparse.Namespace) -> int:
 # -- flags from options models -----------------------------------------------------------------------------
 
 SEP = "."  # namespace separator in flags (--rgb.backbone) and in argparse dests
+OFF = object()  # what --no-PART stores for an optional part switched off
 
 
 def flag_name(path: str) -> str:
@@ -197,6 +198,13 @@ def add_model_flags(
                     default=None,
                     help=f"{_help(info)} (on with defaults; its own flags below also turn it on)",
                 )
+                parser.add_argument(
+                    flag_name(path).replace("--", "--no-", 1),
+                    dest=path,
+                    action="store_const",
+                    const=OFF,
+                    help=f"turn {flag_name(path)} off",
+                )
             add_model_flags(parser, tp, path)
             continue
         _add_flag(parser, path, tp, info)
@@ -246,7 +254,11 @@ def collect(args: argparse.Namespace, namespace: str = "") -> dict[str, Any]:
         node = out
         for k in keys[:-1]:
             node = node.setdefault(k, {})
-        if isinstance(value, dict):  # an optional part switched on (its own options may fill it)
+            if node is None:
+                raise InputError(f"{flag_name(dest)}: its part is switched off by a --no-... flag")
+        if value is OFF:  # an optional part switched off
+            node[keys[-1]] = None
+        elif isinstance(value, dict):  # an optional part switched on (its own options may fill it)
             node.setdefault(keys[-1], {})
         else:
             node[keys[-1]] = value

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -49,7 +49,13 @@ def extract_all(
     refs: Sequence[SampleRef],
     batch_size: int = 8,
     progress: bool = True,
-) -> list[np.ndarray]:
-    """Each extractor's (N, 784, D) float32 features of every sample, in order."""
-    batches = [f for _, _, f in iter_batches(extractors, refs, batch_size, progress, desc="train features")]
-    return [np.concatenate([b[i] for b in batches]) for i in range(len(extractors))]
+    per_batch: Callable[[Sequence[Prepared]], np.ndarray | None] | None = None,
+) -> tuple[list[np.ndarray], np.ndarray | None]:
+    """Each extractor's (N, 784, D) float32 features of every sample, in order; and, given ``per_batch`` (e.g.
+    the patches on the part), its results on every batch concatenated (None when it returns None)."""
+    feats, extra = [], []
+    for _, prepared, f in iter_batches(extractors, refs, batch_size, progress, desc="train features"):
+        feats.append(f)
+        extra.append(per_batch(prepared) if per_batch is not None else None)
+    joined = None if any(e is None for e in extra) else np.concatenate(extra)  # type: ignore[arg-type]
+    return [np.concatenate([b[i] for b in feats]) for i in range(len(extractors))], joined

@@ -16,12 +16,17 @@ docs/BENCHMARKS.md), because each bank keeps its own modality's strength instead
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
+
+from pydantic import ValidationError
 
 from patchbank.errors import InputError
 from patchbank.features import EXTRACTORS, list_extractors
 from patchbank.fusion import FUSION_RULES
+from patchbank.rules import PRODUCT, PUBLISHED, Scoring
 
 DEFAULT_METHOD = "rgb/fpfh"
+PUBLISHED_METHODS = (("fpfh",), ("rgb+fpfh",))
 MEMBER_SEP = "/"
 RULE_SEP = "@"
 
@@ -33,6 +38,22 @@ class Method:
     name: str
     members: tuple[str, ...]
     fusion: str | None
+
+    @property
+    def published(self) -> bool:
+        """BTF's configurations (``fpfh``, ``rgb+fpfh``): scored by the published rule, as the papers."""
+        return self.members in PUBLISHED_METHODS
+
+    def scoring(self, options: dict[str, Any] | None = None) -> Scoring:
+        """The method's scoring rule (the published one for BTF's configurations, the product's for every
+        other), with ``options`` (e.g. from ``--scoring.*`` flags) overriding it."""
+        base = PUBLISHED if self.published else PRODUCT
+        if not options:
+            return base
+        try:
+            return Scoring.model_validate({**base.model_dump(), **options})
+        except ValidationError as exc:
+            raise InputError(f"scoring options {options}: {exc.errors()[0]['msg']}") from exc
 
     @property
     def needs_weights(self) -> bool:

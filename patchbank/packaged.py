@@ -24,6 +24,7 @@ from patchbank.weights import (
     Backbone,
     WeightsIdentity,
     WeightSource,
+    WeightsRequest,
     load_into,
     read_state_dict,
     register_weights,
@@ -96,6 +97,18 @@ def load_packaged(backbone: Backbone, file: PackagedFile) -> torch.nn.Module:
     model = backbone.create()
     load_into(backbone.state_owner(model), state, file.path)
     return model
+
+
+def packaged_for(backbone: str) -> str | None:
+    """The distribution in :data:`PACKAGED` that ships ``backbone``'s weights, or None."""
+    return next((dist for dist, name in PACKAGED.items() if name == backbone), None)
+
+
+def default_request(backbone: str) -> WeightsRequest:
+    """The weights a backbone gets when none are given: the packaged ones when a distribution ships them (the
+    same bank on every machine, online or not), else timm's pretrained tag."""
+    dist = packaged_for(backbone)
+    return WeightsRequest("package", {"distribution": dist}) if dist else WeightsRequest("pretrained")
 
 
 class PackageOptions(BaseModel):

@@ -53,7 +53,7 @@ class StageTimings(BaseModel):
     """Milliseconds per stage of one pass (a batch shares its pass: every sample reports the pass's times)."""
 
     decode: float = Field(description="milliseconds decoding and preparing the inputs")
-    features: float = Field(description="milliseconds of feature extraction")
+    features: float = Field(description="milliseconds of feature extraction (and of finding the part)")
     search: float = Field(description="milliseconds of nearest-neighbour search, reweighting and the 224 map")
     post: float = Field(description="milliseconds resizing the map and finding regions")
 
@@ -106,9 +106,10 @@ def predict_prepared(
     """:func:`predict` from prepared samples (the stages after decoding)."""
     t1 = time.perf_counter()
     feats = scorer.features(prepared)
+    keep = scorer.parts(prepared)
     features_ms = _ms(t1)
     t2 = time.perf_counter()
-    scores = scorer.score_features(feats)
+    scores = scorer.score_features(feats, keep)
     search_ms = _ms(t2)
     t3 = time.perf_counter()
     thresholds = scorer.bank.manifest.thresholds

@@ -7,6 +7,9 @@
 - map: patch scores (28 x 28) bilinearly upsampled to 224 x 224, then a Gaussian blur with sigma 4 in float
   (BTF blurs an 8-bit image: the one intended difference), optionally resized to the input's resolution.
 
+That is the published rule (:data:`patchbank.rules.PUBLISHED`); a bank's :class:`patchbank.rules.Scoring` may
+instead take the image score as the map's maximum and score only the part's patches (see :mod:`patchbank.rules`).
+
 A bank with several members (late fusion) scores each member this way, then combines the members' scores
 with its fitted :class:`patchbank.fusion.Fusion`; a one-member bank's scores are exactly the above.
 """
@@ -29,6 +32,7 @@ from patchbank.features.base import GRID, FeatureExtractor, FeatureSpec
 from patchbank.fusion import Fusion
 from patchbank.index import PatchIndex
 from patchbank.preprocess import IMAGE_SIZE, Prepared
+from patchbank.rules import PUBLISHED, Scoring, foreground_patches, mask_background
 
 N_REWEIGHT = 3
 BLUR_SIGMA = 4.0
@@ -154,12 +158,32 @@ def anomaly_maps(dists: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def score_patches(
-    index: PatchIndex, patches: np.ndarray, exclude_rows: list[np.ndarray] | None = None
+    index: PatchIndex,
+    patches: np.ndarray,
+    exclude_rows: list[np.ndarray] | None = None,
+    scoring: Scoring = PUBLISHED,
+    keep: np.ndarray | None = None,
 ) -> Scores:
-    """Score (B, 784, D) patch features against a bank: one search serves the map and the reweighting."""
+    """Score (B, 784, D) patch features against a bank: one search serves the map and the image score.
+
+    ``keep``: (B, 784) bool, the patches on the part (:func:`part_patches`); the others take the lowest
+    score of their sample's part before the map and the image score are made."""
     rows, dists = nearest(index, patches, exclude_rows)
+    if keep is not None:
+        dists = mask_background(dists, keep)
     grid, maps = anomaly_maps(dists)
-    return Scores(image=image_scores(index, patches, rows, dists), patches=grid, maps=maps)
+    if scoring.image_rule == "map-max":
+        image = maps.reshape(len(maps), -1).max(axis=1)
+    else:
+        image = image_scores(index, patches, rows, dists)
+    return Scores(image=image, patches=grid, maps=maps)
+
+
+def part_patches(batch: Sequence[Prepared], scoring: Scoring) -> np.ndarray | None:
+    """(B, 784) bool, the patches on the part, when ``scoring`` scores the part only; else None."""
+    if scoring.foreground is None:
+        return None
+    return foreground_patches(batch, GRID, scoring.foreground)
 
 
 def fuse(fusion: Fusion | None, members: Sequence[Scores]) -> Scores:
@@ -186,6 +210,7 @@ class BankScorer:
             check_compatible(bank.ref, member, extractor)
         self.bank = bank
         self.extractors = list(extractors)
+        self.scoring = bank.manifest.scoring
 
     @property
     def image_size(self) -> int:
@@ -195,15 +220,22 @@ class BankScorer:
         """Each member's (B, 784, D_m) patch features of a batch."""
         return [e.extract(batch) for e in self.extractors]
 
-    def member_scores(self, features: Sequence[np.ndarray]) -> list[Scores]:
-        """Each member's raw scores, before fusion."""
-        return [score_patches(ix, f) for ix, f in zip(self.bank.indices, features, strict=True)]
+    def parts(self, batch: Sequence[Prepared]) -> np.ndarray | None:
+        """(B, 784) bool, the patches on the part, when the bank scores the part only; else None."""
+        return part_patches(batch, self.scoring)
 
-    def score_features(self, features: Sequence[np.ndarray]) -> Scores:
-        return fuse(self.bank.manifest.fusion, self.member_scores(features))
+    def member_scores(self, features: Sequence[np.ndarray], keep: np.ndarray | None = None) -> list[Scores]:
+        """Each member's raw scores, before fusion."""
+        return [
+            score_patches(ix, f, scoring=self.scoring, keep=keep)
+            for ix, f in zip(self.bank.indices, features, strict=True)
+        ]
+
+    def score_features(self, features: Sequence[np.ndarray], keep: np.ndarray | None = None) -> Scores:
+        return fuse(self.bank.manifest.fusion, self.member_scores(features, keep))
 
     def score(self, batch: Sequence[Prepared]) -> Scores:
-        return self.score_features(self.features(batch))
+        return self.score_features(self.features(batch), self.parts(batch))
 
 
 def check_same_size(extractors: Sequence[FeatureExtractor]) -> None:

@@ -1,8 +1,7 @@
 #!/usr/bin/env bash
 # Set up, then the main job on built-in demo data: generate a demo category, build its bank with the
-# default method (rgb/fpfh, late fusion), calibrate its threshold (1% FRR), evaluate it and print the table.
-# RGB weights: PATCHBANK_WEIGHTS=/path/to/wide_resnet50_2.safetensors if you have them; without them
-# (no network here) the backbone is randomly initialised, on purpose and logged, so the demo runs anywhere.
+# default method (rgb/fpfh: late fusion, scored on the part), calibrate its threshold (1% FRR), evaluate it
+# and print the table. The RGB backbone's ImageNet weights come with the install (no network needed).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
@@ -12,9 +11,7 @@ export PATCHBANK_BANKS=${PATCHBANK_BANKS:-$PWD/demo/banks}
 category=${DEMO_CATEGORY:-puck}
 
 .venv/bin/patchbank make-demo-data "$PATCHBANK_DATA_ROOT" --categories "$category" --train 30 --validation 8 --test 6 --size 400
-weights=()
-[[ -n ${PATCHBANK_WEIGHTS:-} ]] || weights=(--weights random:0)
-.venv/bin/build-bank --category "$category" --calibrate "${weights[@]}"
+.venv/bin/build-bank --category "$category" --calibrate
 
 # Serve the demo bank (left running) and score one sample through it with the client CLI.
 port=${DEMO_PORT:-8000}

@@ -1,6 +1,6 @@
-"""Feature extractors by name: ``fpfh``, ``rgb``, ``dino``, ``rgb+fpfh`` (see :mod:`.base`)."""
+"""Feature extractors by name: ``fpfh``, ``rgb``, ``dino``, ``rgb+fpfh``, ``cpmf``, ``cfm`` (see :mod:`.base`)."""
 
-from patchbank.features import concat, dino, fpfh, rgb  # noqa: F401  (registers the extractors)
+from patchbank.features import cfm, concat, cpmf, dino, fpfh, rgb  # noqa: F401  (registers the extractors)
 from patchbank.features.base import (
     EXTRACTORS,
     GRID,

@@ -51,7 +51,7 @@ class FeatureExtractor(Part, ABC):
 
     Class metadata the registry and the command line read: ``options_model``; ``needs_weights`` (a
     backbone that loads weights from a weight source); ``default_weights`` (the source used when none is
-    given).
+    given, as ``--help`` shows it).
     """
 
     needs_weights: ClassVar[bool] = False

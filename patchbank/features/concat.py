@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 from patchbank.errors import InputError
 from patchbank.features.base import FeatureExtractor, FeatureSpec, Weights, register_extractor, to_patches
 from patchbank.features.fpfh import FPFHExtractor, FPFHOptions
-from patchbank.features.rgb import RGBExtractor, RGBOptions
+from patchbank.features.rgb import PUBLISHED_BACKBONE, RGBExtractor, RGBOptions
 from patchbank.preprocess import Prepared
 
 if TYPE_CHECKING:
@@ -40,7 +40,10 @@ Scale = Annotated[float, Field(gt=0, allow_inf_nan=False)]
 class RGBFPFHOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    rgb: RGBOptions = Field(default_factory=RGBOptions, description="options of the rgb part")
+    rgb: RGBOptions = Field(
+        default_factory=lambda: RGBOptions(backbone=PUBLISHED_BACKBONE),
+        description="options of the rgb part (BTF's: wide_resnet50_2, layers 2 and 3)",
+    )
     fpfh: FPFHOptions = Field(default_factory=FPFHOptions, description="options of the fpfh part")
     normalise: Literal["none", "modality"] = Field(
         "none",
@@ -91,7 +94,7 @@ def divide_modalities(features: np.ndarray, split: int, scales: tuple[float, flo
 class RGBFPFHExtractor(FeatureExtractor):
     options_model = RGBFPFHOptions
     needs_weights = RGBExtractor.needs_weights
-    default_weights = RGBExtractor.default_weights
+    default_weights = "pretrained (wide_resnet50_2.tv_in1k: the hub, its cache, or --weights file:PATH)"
 
     def __init__(self, options: RGBFPFHOptions, rgb: RGBExtractor, device: str) -> None:
         self.opts = options

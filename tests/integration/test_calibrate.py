@@ -149,18 +149,25 @@ def test_build_bank_calibrate_and_evaluate_report_it(
 def test_compare_prints_every_method_per_defect(
     demo_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """Two methods (the rgb member a random-init resnet18, on purpose); banks are written inactive."""
+    """Two methods (the rgb member with the packaged weights); banks are written inactive."""
     common = ["--category", CATEGORY, "--data-root", str(demo_root), "--banks", str(tmp_path), "--quiet"]
-    argv = [*common, "--methods", "fpfh,rgb/fpfh", "--rgb.backbone", "resnet18", "--weights", "random:0"]
+    argv = [*common, "--methods", "fpfh,rgb/fpfh"]
     assert run_command(COMPARE, [*argv, "--json", str(tmp_path / "c.json")]) == 0
     out = capsys.readouterr().out
     lines = out.splitlines()
     assert "fpfh" in lines[1] and "rgb/fpfh" in lines[1]
     for kind in ("bump", "crack", "cut", "hole", "stain", "all", "FRR / miss"):
         assert any(line.startswith(kind) for line in lines), kind
+    (cost,) = [line.split()[4:] for line in lines if line.startswith("build s / vectors")]
+    assert [float(cost[0]) > 0, float(cost[3]) > 0] == [True, True]  # "S / N" per method
+    vectors = [int(cost[2]), int(cost[5])]
+    assert vectors[0] < vectors[1]  # rgb/fpfh keeps an rgb bank besides its fpfh bank
+    (speed,) = [line.split()[4:] for line in lines if line.startswith("score ms / sample")]
+    assert all(float(v) > 0 for v in speed) and len(speed) == 2
     assert (
         bankfmt.active_version(tmp_path, CATEGORY) is None and len(bankfmt.versions(tmp_path, CATEGORY)) == 2
     )
     saved = json.loads((tmp_path / "c.json").read_text())
     assert [e["method"] for e in saved] == ["fpfh", "rgb/fpfh"] and "hole" in saved[1]["per_defect"]
+    assert all(e["score_ms"] > 0 for e in saved)
     assert run_command(COMPARE, [*common, "--methods", "fpfh", "--rgb+fpfh.normalise", "modality"]) == 2

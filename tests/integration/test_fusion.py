@@ -1,5 +1,6 @@
 """Late fusion: method names, Shape-Guided alignment, the max and one-class-SVM rules, and fused banks built
-end to end (real FAISS, real features; the rgb member is a random-init resnet18, on purpose: no weights)."""
+end to end (real FAISS, real features; the rgb member is the default: tf_efficientnet_lite0 with the ImageNet
+weights the engine installs)."""
 
 from __future__ import annotations
 
@@ -20,8 +21,6 @@ from patchbank.scorer import load_scorer
 from patchbank.weights import WeightsRequest
 from patchbank_builder.build import BuildRequest, BuildResult, build_bank
 from tests.conftest import CATEGORY
-
-SMALL_RGB = {"rgb": {"backbone": "resnet18", "layers": [2, 3]}}
 
 
 def test_method_names() -> None:
@@ -98,8 +97,6 @@ def fused_build(demo_root: Path, tmp_path_factory: pytest.TempPathFactory) -> tu
         data_root=demo_root,
         banks=banks,
         method="rgb/fpfh",
-        options=SMALL_RGB,
-        weights=WeightsRequest.random(0),
         progress=False,
     )
     return banks, build_bank(req)
@@ -111,7 +108,7 @@ def test_a_fused_bank_keeps_one_index_per_member(fused_build: tuple[Path, BuildR
     assert m.method == "rgb/fpfh" and [mb.name for mb in m.members] == ["rgb", "fpfh"]
     assert [mb.index_file for mb in m.members] == ["index0.faiss", "index1.faiss"]
     assert set(m.files) == {"index0.faiss", "index1.faiss"}
-    assert [mb.features.dim for mb in m.members] == [384, 33]
+    assert [mb.features.dim for mb in m.members] == [152, 33]
     assert (
         m.fusion is not None and m.fusion.rule == "max" and (m.fusion.source, m.fusion.n) == ("validation", 4)
     )
@@ -119,7 +116,7 @@ def test_a_fused_bank_keeps_one_index_per_member(fused_build: tuple[Path, BuildR
         assert member.held_out is not None
         assert alignment == Alignment.fit(np.asarray(member.held_out.image_scores))
     loaded = bankfmt.load_bank(banks, CATEGORY)
-    assert [ix.dim for ix in loaded.indices] == [384, 33]
+    assert [ix.dim for ix in loaded.indices] == [152, 33]
 
 
 def test_fused_scores_are_the_aligned_maximum_of_the_members(
@@ -131,9 +128,10 @@ def test_fused_scores_are_the_aligned_maximum_of_the_members(
     scorer = load_scorer(banks, CATEGORY)
     refs = list_samples(demo_root, CATEGORY, "test")
     prepared = [load_prepared(r, 224) for r in refs]
-    feats = scorer.features(prepared)
-    fused = scorer.score_features(feats)
-    members = scorer.member_scores(feats)
+    feats, keep = scorer.features(prepared), scorer.parts(prepared)
+    assert keep is not None and scorer.scoring.image_rule == "map-max"  # the product's rule
+    fused = scorer.score_features(feats, keep)
+    members = scorer.member_scores(feats, keep)
     fusion = scorer.bank.manifest.fusion
     assert fusion is not None
     expected = np.maximum(*(a.apply(m.image) for a, m in zip(fusion.image.alignments, members, strict=True)))
@@ -155,8 +153,6 @@ def test_without_validation_the_fusion_is_fitted_leave_one_out(demo_root: Path, 
         data_root=data,
         banks=tmp_path / "banks",
         method="rgb/fpfh@svm",
-        options=SMALL_RGB,
-        weights=WeightsRequest.random(0),
         evaluate=False,
         progress=False,
     )

@@ -18,22 +18,18 @@ import tifffile
 from PIL import Image
 
 from patchbank.data import list_samples
-from patchbank.weights import WeightsRequest
 from patchbank_builder.build import BuildRequest, BuildResult, build_bank
 from patchbank_service.app import create_app
 from patchbank_service.live import live_server
 from patchbank_service.settings import ServiceSettings
 from tests.conftest import CATEGORY, OTHER
 
-SMALL_RGB = {"rgb": {"backbone": "resnet18", "layers": [2, 3]}}  # the rgb member of rgb/fpfh
-
 
 @pytest.fixture(scope="module")
 def banks(
     fpfh_build: tuple[Path, BuildResult], demo_root: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Path:
-    """puck: the session's fpfh bank; bracket: the default late fusion rgb/fpfh, calibrated (resnet18, random
-    init on purpose)."""
+    """puck: the session's fpfh bank; bracket: the default method, calibrated (with the packaged weights)."""
     dst = tmp_path_factory.mktemp("service-banks")
     shutil.copytree(fpfh_build[0] / CATEGORY, dst / CATEGORY)
     build_bank(
@@ -41,9 +37,6 @@ def banks(
             category=OTHER,
             data_root=demo_root,
             banks=dst,
-            method="rgb/fpfh",
-            options=SMALL_RGB,
-            weights=WeightsRequest.random(0),
             calibrate=True,
             progress=False,
         )
@@ -184,8 +177,8 @@ def test_categories_health_and_metrics(url: str) -> None:
     cats = httpx.get(f"{url}/categories").json()["categories"]
     assert {c["name"]: c["method"] for c in cats} == {CATEGORY: "fpfh", OTHER: "rgb/fpfh"}
     one = httpx.get(f"{url}/categories/{OTHER}").json()
-    assert one["dim"] == 384 + 33 and one["bank_size"] > 0 and one["evaluation"]["n_test"] == 6
-    assert [(m["name"], m["dim"]) for m in one["members"]] == [("rgb", 384), ("fpfh", 33)]
+    assert one["dim"] == 152 + 33 and one["bank_size"] > 0 and one["evaluation"]["n_test"] == 6
+    assert [(m["name"], m["dim"]) for m in one["members"]] == [("rgb", 152), ("fpfh", 33)]
     assert one["fusion"] == "max" and one["calibration"]["target_frr"] == 0.01
     assert httpx.get(f"{url}/healthz").json() == {"status": "ok"}
     assert httpx.get(f"{url}/readyz").json()["status"] == "ready"
