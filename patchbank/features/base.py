@@ -24,6 +24,7 @@ from patchbank.weights import NO_WEIGHTS, WeightsIdentity, WeightsRequest
 if TYPE_CHECKING:
     import torch
 
+DESCRIBE_MAX = 200  # characters of one option's value in FeatureSpec.describe (messages, logs)
 GRID = 28  # patches per side: every extractor scores a 28 x 28 grid (784 patches)
 
 Weights = WeightsRequest | WeightsIdentity  # a request (building a bank) or a recorded identity (rebuilding)
@@ -42,7 +43,13 @@ class FeatureSpec(BaseModel):
     dim: int = Field(description="feature dimension D of one patch")
 
     def describe(self) -> str:
-        opts = ", ".join(f"{k}={v}" for k, v in sorted(self.options.items()))
+        """``name(option=value, ...)``, long values (fitted weights) cut to ``DESCRIBE_MAX`` characters."""
+
+        def short(v: Any) -> str:
+            text = str(v)
+            return text if len(text) <= DESCRIBE_MAX else text[: DESCRIBE_MAX - 1] + "…"
+
+        opts = ", ".join(f"{k}={short(v)}" for k, v in sorted(self.options.items()))
         return f"{self.extractor}({opts})"
 
 

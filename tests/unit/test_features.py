@@ -116,3 +116,12 @@ def test_bf16_backbone_is_recorded_and_close_to_fp32(demo_root: Path) -> None:
     assert b.dtype == np.float32 and not np.array_equal(a, b)
     rel = np.linalg.norm(a - b, axis=1) / np.linalg.norm(a, axis=1)
     assert np.median(rel) < 0.02
+
+
+def test_a_spec_describes_long_fitted_values_cut_short() -> None:
+    """Fitted weights (cfm's mappings) are long: messages and logs show their start, not megabytes."""
+    from patchbank.features.base import DESCRIBE_MAX, FeatureSpec
+
+    spec = FeatureSpec(extractor="cfm", options={"mappings": "A" * 100_000, "hidden": 92}, dim=185)
+    text = spec.describe()
+    assert "hidden=92" in text and len(text) < DESCRIBE_MAX + 40 and text.count("A") == DESCRIBE_MAX - 1
