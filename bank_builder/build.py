@@ -9,6 +9,7 @@ import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -169,9 +170,8 @@ def build_bank(req: BuildRequest) -> BuildResult:
     )
 
     with timed(timings, "features"):
-        raw, keep = extract_all(
-            extractors, train, req.batch_size, req.progress, lambda batch: part_patches(batch, scoring)
-        )
+        also = partial(part_patches, scoring=scoring) if scoring.foreground is not None else None
+        raw, keep = extract_all(extractors, train, req.batch_size, req.progress, also)
         feats = [e.fit(f) for e, f in zip(extractors, raw, strict=True)]  # (N, 784, D) per member
     with timed(timings, "coreset"):
         built = [coreset_index(f, req) for f in feats]

@@ -22,6 +22,7 @@ Thresholds, in the order a bank gets them:
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -58,8 +59,8 @@ def held_out_validation(
 ) -> list[Scores]:
     """Each member's raw scores of ``validation/good`` samples."""
     parts: list[list[Scores]] = [[] for _ in indices]
-    for _, prepared, feats in iter_batches(extractors, refs, progress=progress, desc="validation"):
-        keep = part_patches(prepared, scoring)
+    also = partial(part_patches, scoring=scoring) if scoring.foreground is not None else None
+    for _, _, feats, keep in iter_batches(extractors, refs, progress=progress, desc="validation", also=also):
         for part, index, f in zip(parts, indices, feats, strict=True):
             part.append(score_patches(index, f, scoring=scoring, keep=keep))
     return [Scores.concat(p) for p in parts]

@@ -10,7 +10,7 @@ from tqdm.auto import tqdm
 
 from patchbank.data import SampleRef
 from patchbank.errors import DataError, InputError
-from patchbank.features.base import FeatureExtractor
+from patchbank.features.base import FeatureExtractor, extract_side_by_side
 from patchbank.predict import Sample
 from patchbank.preprocess import Prepared
 
@@ -29,18 +29,20 @@ def iter_batches(
     batch_size: int = 8,
     progress: bool = True,
     desc: str = "features",
-) -> Iterator[tuple[list[SampleRef], list[Prepared], list[np.ndarray]]]:
-    """Yield (refs, prepared, each extractor's (B, 784, D) float32 features) batch by batch; every sample is
-    read once for all extractors (they share its resolution), reading overlaps extraction."""
+    also: Callable[[Sequence[Prepared]], np.ndarray | None] | None = None,
+) -> Iterator[tuple[list[SampleRef], list[Prepared], list[np.ndarray], np.ndarray | None]]:
+    """Yield (refs, prepared, each extractor's (B, 784, D) float32 features, ``also(prepared)``) batch by batch;
+    every sample is read once for all extractors (they share its resolution), reading overlaps extraction,
+    and the extractors (and ``also``) run side by side."""
     size = extractors[0].image_size
     bar = tqdm(total=len(refs), desc=desc, unit="sample", disable=not progress)
     with ThreadPoolExecutor(max_workers=2) as pool:
         chunks = [list(refs[i : i + batch_size]) for i in range(0, len(refs), batch_size)]
         pending = pool.map(lambda chunk: [load_prepared(r, size) for r in chunk], chunks)
         for chunk, prepared in zip(chunks, pending, strict=True):
-            feats = [e.extract(prepared) for e in extractors]
+            feats, extra = extract_side_by_side(extractors, prepared, also)
             bar.update(len(chunk))
-            yield chunk, prepared, feats
+            yield chunk, prepared, feats, extra
     bar.close()
 
 
@@ -49,13 +51,13 @@ def extract_all(
     refs: Sequence[SampleRef],
     batch_size: int = 8,
     progress: bool = True,
-    per_batch: Callable[[Sequence[Prepared]], np.ndarray | None] | None = None,
+    also: Callable[[Sequence[Prepared]], np.ndarray | None] | None = None,
 ) -> tuple[list[np.ndarray], np.ndarray | None]:
-    """Each extractor's (N, 784, D) float32 features of every sample, in order; and, given ``per_batch`` (e.g.
-    the patches on the part), its results on every batch concatenated (None when it returns None)."""
+    """Each extractor's (N, 784, D) float32 features of every sample, in order; and, given ``also`` (e.g. the
+    patches on the part), its results on every batch concatenated (None when it returns None)."""
     feats, extra = [], []
-    for _, prepared, f in iter_batches(extractors, refs, batch_size, progress, desc="train features"):
+    for _, _, f, e in iter_batches(extractors, refs, batch_size, progress, "train features", also):
         feats.append(f)
-        extra.append(per_batch(prepared) if per_batch is not None else None)
+        extra.append(e)
     joined = None if any(e is None for e in extra) else np.concatenate(extra)  # type: ignore[arg-type]
     return [np.concatenate([b[i] for b in feats]) for i in range(len(extractors))], joined

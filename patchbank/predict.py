@@ -105,8 +105,7 @@ def predict_prepared(
 ) -> list[Prediction]:
     """:func:`predict` from prepared samples (the stages after decoding)."""
     t1 = time.perf_counter()
-    feats = scorer.features(prepared)
-    keep = scorer.parts(prepared)
+    feats, keep = scorer.features_and_parts(prepared)
     features_ms = _ms(t1)
     t2 = time.perf_counter()
     scores = scorer.score_features(feats, keep)

@@ -20,6 +20,7 @@ import functools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +29,7 @@ import torch
 from patchbank.bank import Bank, Member, load_bank
 from patchbank.errors import BankError
 from patchbank.features import create_extractor, resolve_options
-from patchbank.features.base import GRID, FeatureExtractor, FeatureSpec
+from patchbank.features.base import GRID, FeatureExtractor, FeatureSpec, extract_side_by_side
 from patchbank.fusion import Fusion
 from patchbank.index import PatchIndex
 from patchbank.preprocess import IMAGE_SIZE, Prepared
@@ -218,7 +219,13 @@ class BankScorer:
 
     def features(self, batch: Sequence[Prepared]) -> list[np.ndarray]:
         """Each member's (B, 784, D_m) patch features of a batch."""
-        return [e.extract(batch) for e in self.extractors]
+        return self.features_and_parts(batch)[0]
+
+    def features_and_parts(self, batch: Sequence[Prepared]) -> tuple[list[np.ndarray], np.ndarray | None]:
+        """Each member's features and the patches on the part (None unless the bank scores the part only),
+        computed side by side (:func:`extract_side_by_side`)."""
+        also = partial(part_patches, scoring=self.scoring) if self.scoring.foreground is not None else None
+        return extract_side_by_side(self.extractors, batch, also)
 
     def parts(self, batch: Sequence[Prepared]) -> np.ndarray | None:
         """(B, 784) bool, the patches on the part, when the bank scores the part only; else None."""

@@ -14,6 +14,7 @@ from PIL import Image
 
 from patchbank.data import list_samples
 from patchbank.errors import InputError
+from patchbank.extract import load_prepared
 from patchbank.features import create_extractor, list_extractors, resolve_options
 from patchbank.preprocess import IMAGENET_MEAN, IMAGENET_STD, prepare
 from patchbank.weights import WeightsRequest
@@ -125,3 +126,34 @@ def test_a_spec_describes_long_fitted_values_cut_short() -> None:
     spec = FeatureSpec(extractor="cfm", options={"mappings": "A" * 100_000, "hidden": 92}, dim=185)
     text = spec.describe()
     assert "hidden=92" in text and len(text) < DESCRIBE_MAX + 40 and text.count("A") == DESCRIBE_MAX - 1
+
+
+def test_side_by_side_extraction_equals_calling_each_in_turn(demo_root: Path) -> None:
+    """The members (and the part's mask) run in worker threads; the results are exactly the sequential ones."""
+    from patchbank.features.base import extract_side_by_side
+    from patchbank.rules import PRODUCT
+    from patchbank.scorer import part_patches
+
+    refs = list_samples(demo_root, CATEGORY, "test")[:3]
+    batch = [load_prepared(r, 224) for r in refs]
+    extractors = [create_extractor("rgb", SMALL_RGB, WeightsRequest.random(4)), create_extractor("fpfh")]
+    feats, keep = extract_side_by_side(extractors, batch, lambda b: part_patches(b, PRODUCT))
+    for got, e in zip(feats, extractors, strict=True):
+        np.testing.assert_array_equal(got, e.extract(batch))
+    assert keep is not None and np.array_equal(keep, part_patches(batch, PRODUCT))
+    alone, nothing = extract_side_by_side(extractors[1:], batch)
+    assert nothing is None and np.array_equal(alone[0], feats[1])
+
+
+def test_openmp_threads_wait_passively_unless_the_environment_says_otherwise() -> None:
+    import os
+    import subprocess
+    import sys
+
+    code = "import patchbank, os; print(os.environ['OMP_WAIT_POLICY'])"
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "PASSIVE"
+    env["OMP_WAIT_POLICY"] = "ACTIVE"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "ACTIVE"
