@@ -3,14 +3,15 @@
 A method is what a bank scores with; an extractor is one of its parts. A method name is one or more
 registered feature extractors (:mod:`patchbank.features`):
 
-- ``fpfh``, ``rgb``, ``dino``, ``rgb+fpfh``: one bank of that extractor's patch features (``rgb+fpfh`` is
-  BTF's per-patch concatenation, a single bank);
-- ``rgb/fpfh``, ``dino/fpfh``, ...: late fusion, one bank per extractor, their scores aligned and combined
-  (:mod:`patchbank.fusion`); the rule is ``max`` unless the name ends in ``@svm`` (``rgb/fpfh@svm``, M3DM's
-  one-class-SVM fusion).
+- ``fpfh``, ``rgb``, ``dino``, ``rgb+fpfh``, ``cpmf``, ``cfm``: one bank of that extractor's patch features
+  (``rgb+fpfh`` is BTF's per-patch concatenation, a single bank);
+- ``rgb/fpfh``, ``rgb/cpmf``, ``dino/fpfh``, ...: late fusion, one bank per extractor, their scores aligned
+  and combined (:mod:`patchbank.fusion`); the rule is ``max`` unless the name ends in ``@svm``
+  (``rgb/fpfh@svm``, M3DM's one-class-SVM fusion).
 
-``rgb/fpfh`` is the default: on the demo data it beats BTF's concatenation on every defect kind (see
-docs/BENCHMARKS.md), because each bank keeps its own modality's strength instead of one drowning the other.
+``rgb/fpfh`` is the default: on demo data from two seeds it has the best mean I-AUROC and AU-PRO of every
+method (docs/BENCHMARKS.md, Detection). A method's scoring rule (:mod:`patchbank.rules`) is the published
+one for BTF's configurations (``fpfh``, ``rgb+fpfh``) and the product's for every other.
 """
 
 from __future__ import annotations
