@@ -22,7 +22,9 @@ from patchbank.weights import WEIGHT_SOURCES, WeightsRequest
 def test_metadata_comes_from_the_registered_classes() -> None:
     assert {"fpfh", "rgb", "dino", "rgb+fpfh"} <= set(EXTRACTORS.names())
     assert not EXTRACTORS.get("fpfh").needs_weights and EXTRACTORS.get("rgb").needs_weights
-    assert (EXTRACTORS.get("rgb+fpfh").default_weights or "").startswith("pretrained")  # BTF's wide_resnet50_2
+    assert (EXTRACTORS.get("rgb+fpfh").default_weights or "").startswith(
+        "pretrained"
+    )  # BTF's wide_resnet50_2
     assert (EXTRACTORS.get("rgb").default_weights or "").startswith("package")  # the installed weights
     assert parse_method("rgb/fpfh").needs_weights and not parse_method("fpfh").needs_weights
     assert set(FUSION_RULES.names()) == {"max", "svm"}
