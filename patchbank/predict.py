@@ -8,6 +8,7 @@ service turns a :class:`Prediction` into its JSON answer.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -18,9 +19,9 @@ from pydantic import BaseModel, Field
 from tqdm.auto import tqdm
 
 from patchbank.data import SampleRef
-from patchbank.decode import check_pair, decode_rgb, decode_xyz
+from patchbank.decode import DEFAULT_MAX_PIXELS, check_pair, decode_rgb, decode_xyz
 from patchbank.errors import DataError, InputError
-from patchbank.preprocess import Prepared, prepare
+from patchbank.preprocess import DEFAULT_MAX_MAP_SIDE, Prepared, prepare
 from patchbank.regions import Region, find_regions
 from patchbank.scorer import BankScorer, resize_map
 
@@ -34,6 +35,7 @@ class Sample:
     xyz_name: str | None = None
     sample_id: str | None = None
     fields: tuple[str, str] = ("rgb", "xyz")  # how errors name the two inputs (form fields, or file paths)
+    max_pixels: int = DEFAULT_MAX_PIXELS  # decoded pixels either input may have (413 above)
 
     @classmethod
     def from_ref(cls, ref: SampleRef) -> Sample:
@@ -43,8 +45,8 @@ class Sample:
 
     def prepare(self, size: int) -> Prepared:
         """Decode both inputs, check that they belong together, and prepare them at ``size``."""
-        image = decode_rgb(self.rgb, self.fields[0])
-        xyz = decode_xyz(self.xyz, self.xyz_name, self.fields[1])
+        image = decode_rgb(self.rgb, self.fields[0], self.max_pixels)
+        xyz = decode_xyz(self.xyz, self.xyz_name, self.fields[1], self.max_pixels)
         check_pair(image, xyz, self.fields)
         return prepare(image, xyz, size)
 
@@ -63,8 +65,9 @@ class Prediction:
     """One sample's result.
 
     map224: (224, 224) float32 blurred anomaly map at the model's resolution (what the metrics use);
-    anomaly_map: (H, W) float32 map at the input RGB's resolution (None unless asked for); regions: the
-    connected areas of ``anomaly_map`` above the pixel threshold.
+    anomaly_map: (H, W) float32 map at the input RGB's resolution, or smaller with the aspect kept when that
+    is over the longest side allowed (None unless asked for); regions: the connected areas of
+    ``anomaly_map`` above the pixel threshold, in the input's pixels.
     """
 
     sample_id: str | None
@@ -79,21 +82,37 @@ class Prediction:
     regions: list[Region] = field(default_factory=list)
 
 
+def map_size(input_size: tuple[int, int], max_side: int) -> tuple[int, int]:
+    """The (width, height) the answer's map is made at: the input's, scaled down (aspect kept) so that its
+    longer side is at most ``max_side``: a 9000 x 9000 upload must not make a 300 MB answer."""
+    w, h = input_size
+    if max(w, h) <= max_side:
+        return w, h
+    scale = max_side / max(w, h)
+    return max(1, round(w * scale)), max(1, round(h * scale))
+
+
 def _ms(start: float) -> float:
     return (time.perf_counter() - start) * 1000.0
 
 
-def predict(scorer: BankScorer, samples: Sequence[Sample], full_maps: bool = True) -> list[Prediction]:
+def predict(
+    scorer: BankScorer,
+    samples: Sequence[Sample],
+    full_maps: bool = True,
+    max_map_side: int = DEFAULT_MAX_MAP_SIDE,
+) -> list[Prediction]:
     """Score samples in one pass (one backbone pass per member, one search); ``full_maps``: also the map at
-    each input's resolution and its regions. The first bad sample raises its InputError (naming it when
-    there are several)."""
+    each input's resolution (at most ``max_map_side`` on its longer side, :func:`map_size`) and its regions,
+    in the input's pixels. The first bad sample raises its InputError (naming it when there are several)."""
     t0 = time.perf_counter()
     prepared = []
     for i, s in enumerate(samples):
         if len(samples) > 1 and s.fields == Sample.fields:  # form fields: say which sample of the batch
-            s = Sample(s.rgb, s.xyz, s.xyz_name, s.sample_id, (f"rgb[{i}]", f"xyz[{i}]"))
+            s = dataclasses.replace(s, fields=(f"rgb[{i}]", f"xyz[{i}]"))
         prepared.append(s.prepare(scorer.image_size))
-    return predict_prepared(scorer, prepared, [s.sample_id for s in samples], full_maps, _ms(t0))
+    ids = [s.sample_id for s in samples]
+    return predict_prepared(scorer, prepared, ids, full_maps, _ms(t0), max_map_side)
 
 
 def predict_prepared(
@@ -102,6 +121,7 @@ def predict_prepared(
     sample_ids: Sequence[str | None],
     full_maps: bool = True,
     decode_ms: float = 0.0,
+    max_map_side: int = DEFAULT_MAX_MAP_SIDE,
 ) -> list[Prediction]:
     """:func:`predict` from prepared samples (the stages after decoding)."""
     t1 = time.perf_counter()
@@ -114,7 +134,8 @@ def predict_prepared(
     thresholds = scorer.bank.manifest.thresholds
     out = []
     for i, (p, sid) in enumerate(zip(prepared, sample_ids, strict=True)):
-        amap = resize_map(scores.maps[i], p.input_size) if full_maps else None
+        size = map_size(p.input_size, max_map_side)
+        amap = resize_map(scores.maps[i], size) if full_maps else None
         image_score = float(scores.image[i])
         out.append(
             dict(
@@ -126,7 +147,9 @@ def predict_prepared(
                 map224=scores.maps[i],
                 input_size=p.input_size,
                 anomaly_map=amap,
-                regions=find_regions(amap, thresholds.pixel) if amap is not None else [],
+                regions=[]
+                if amap is None
+                else [r.scaled(size, p.input_size) for r in find_regions(amap, thresholds.pixel)],
             )
         )
     post_ms = _ms(t3)

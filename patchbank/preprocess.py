@@ -15,6 +15,7 @@ import numpy as np
 from PIL import Image
 
 IMAGE_SIZE = 224
+DEFAULT_MAX_MAP_SIDE = 1024  # pixels on the longer side of a map served at the input's resolution
 IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
 IMAGENET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -21,6 +22,21 @@ class Region:
     bbox: tuple[int, int, int, int]
     area_px: int
     peak_score: float
+
+    def scaled(self, found_at: tuple[int, int], to: tuple[int, int]) -> Region:
+        """The region found on a map of ``found_at`` (width, height) in the pixels of a ``to`` image: the box
+        widened to whole pixels, the area scaled by the pixels' ratio."""
+        if found_at == to:
+            return self
+        sx, sy = to[0] / found_at[0], to[1] / found_at[1]
+        x0, y0, x1, y1 = self.bbox
+        box = (
+            math.floor(x0 * sx),
+            math.floor(y0 * sy),
+            min(to[0], math.ceil(x1 * sx)),
+            min(to[1], math.ceil(y1 * sy)),
+        )
+        return Region(box, round(self.area_px * sx * sy), self.peak_score)
 
 
 def find_regions(amap: np.ndarray, threshold: float) -> list[Region]:

@@ -66,6 +66,10 @@ class Unauthorized(PatchbankError):
     """Missing or wrong X-API-Key."""
 
 
+class Forbidden(PatchbankError):
+    """An admin route while no admin key is configured (and admin routes are not opened)."""
+
+
 class NotReady(PatchbankError):
     """Banks are still loading."""
 
@@ -75,6 +79,7 @@ STATUS: list[tuple[type[Exception], int]] = [
     (PayloadTooLargeError, 413),
     (InputError, 400),
     (Unauthorized, 401),
+    (Forbidden, 403),
     (Busy, 503),
     (NotReady, 503),
     (IdempotencyConflict, 409),
@@ -92,9 +97,12 @@ class State:
         self.loaded = loaded
         self.metrics = Metrics()
         self.limiter = anyio.CapacityLimiter(settings.concurrency)
+        self.score_samples = partial(score_samples, max_map_side=settings.max_map_side)
         self.batcher = None
         if settings.max_batch > 1:
-            self.batcher = Batcher(self.in_thread, settings.max_batch, self.metrics.batch_size.observe)
+            self.batcher = Batcher(
+                self.in_thread, settings.max_batch, self.metrics.batch_size.observe, self.score_samples
+            )
         self.admitted = 0
         self.ready = False
         self.replicas: ReplicaLink | None = None
@@ -151,7 +159,7 @@ class State:
         with self.admit():
             if self.batcher is None:
                 self.metrics.batch_size.observe(1)
-                return (await self.in_thread(score_samples, scorer, [upload], fmt))[0]
+                return (await self.in_thread(self.score_samples, scorer, [upload], fmt))[0]
             return await self.batcher.score(scorer, upload, fmt)
 
 
@@ -176,8 +184,16 @@ def require_key(state: StateDep, x_api_key: Annotated[str | None, Header()] = No
 
 
 def require_admin(state: StateDep, x_api_key: Annotated[str | None, Header()] = None) -> None:
+    """Admin routes need an admin key; with no key configured they are closed unless opened explicitly."""
     keys = state.settings.admins
-    if keys and not _key_ok(x_api_key, keys):
+    if not keys:
+        if state.settings.open_admin:
+            return
+        raise Forbidden(
+            "admin routes are closed: set PATCHBANK_ADMIN_KEYS (or PATCHBANK_API_KEYS) and send one as "
+            "X-API-Key, or set PATCHBANK_OPEN_ADMIN=true on a trusted network"
+        )
+    if not _key_ok(x_api_key, keys):
         raise Unauthorized("reloading a bank needs an admin API key (X-API-Key header)")
 
 
@@ -220,7 +236,7 @@ def create_app(settings: ServiceSettings | None = None, loaded: LoadedBanks | No
             await anyio.to_thread.run_sync(state.replicas.stop)
             await state.replicas.aclose()
 
-    errors = {code: {"model": ErrorResponse} for code in (400, 401, 404, 409, 413, 422, 503)}
+    errors = {code: {"model": ErrorResponse} for code in (400, 401, 403, 404, 409, 413, 422, 503)}
     app = FastAPI(
         title="Patchbank",
         summary="Anomaly scoring of RGB + 3D inspection samples against memory banks of good parts",
@@ -279,7 +295,9 @@ def _install_routes(app: FastAPI) -> None:
         """Score one sample: image score, OK/NG decision, defect regions and the anomaly map."""
         start = time.perf_counter()
         scorer = state.scorer(category)
-        upload = Sample(await rgb.read(), await xyz.read(), xyz.filename, sample_id)
+        upload = Sample(
+            await rgb.read(), await xyz.read(), xyz.filename, sample_id, max_pixels=state.settings.max_pixels
+        )
         fmt = map or state.settings.default_map
         digest = None
         if idempotency_key and state.replicas is not None:
@@ -313,11 +331,11 @@ def _install_routes(app: FastAPI) -> None:
         scorer = state.scorer(category)
         ids = sample_id or [None] * len(rgb)
         uploads = [
-            Sample(await r.read(), await x.read(), x.filename, i)
+            Sample(await r.read(), await x.read(), x.filename, i, max_pixels=state.settings.max_pixels)
             for r, x, i in zip(rgb, xyz, ids, strict=True)
         ]
         state.metrics.batch_size.observe(len(uploads))
-        results = await state.run(score_samples, scorer, uploads, map or state.settings.default_map)
+        results = await state.run(state.score_samples, scorer, uploads, map or state.settings.default_map)
         _observe(state, results, start)
         return BatchResponse(results=results)
 

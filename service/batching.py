@@ -32,8 +32,15 @@ class _Queue:
 class Batcher:
     """Per (bank, map format) queues of single-sample requests, drained in batches through ``run``."""
 
-    def __init__(self, run: Runner, max_batch: int, observe: Callable[[int], None] = lambda n: None) -> None:
+    def __init__(
+        self,
+        run: Runner,
+        max_batch: int,
+        observe: Callable[[int], None] = lambda n: None,
+        score: Callable[..., list[ScoreResponse]] = score_samples,
+    ) -> None:
         self._run = run
+        self._score_samples = score
         self.max_batch = max_batch
         self._observe = observe
         self._queues: dict[tuple[int, str], _Queue] = {}
@@ -66,14 +73,14 @@ class Batcher:
         self, scorer: BankScorer, batch: list[tuple[Sample, asyncio.Future[ScoreResponse]]], fmt: MapFormat
     ) -> None:
         try:
-            results = await self._run(score_samples, scorer, [u for u, _ in batch], fmt)
+            results = await self._run(self._score_samples, scorer, [u for u, _ in batch], fmt)
         except PatchbankError as exc:
             if len(batch) == 1:
                 _settle(batch[0][1], exc=exc)
                 return
             for upload, future in batch:  # find the bad sample(s): the others still get their answers
                 try:
-                    _settle(future, (await self._run(score_samples, scorer, [upload], fmt))[0])
+                    _settle(future, (await self._run(self._score_samples, scorer, [upload], fmt))[0])
                 except Exception as one:  # handed to that request's handler
                     _settle(future, exc=one)
         except BaseException as exc:  # every waiting request must hear of it

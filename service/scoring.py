@@ -8,15 +8,23 @@ import base64
 import numpy as np
 
 from patchbank.predict import Prediction, Sample, predict
+from patchbank.preprocess import DEFAULT_MAX_MAP_SIDE
 from patchbank.regions import heatmap_png
 from patchbank.scorer import BankScorer
 from patchbank_service.models import AnomalyMap, MapFormat, RegionOut, ScoreResponse, Timings
 
 
-def score_samples(scorer: BankScorer, samples: list[Sample], map_format: MapFormat) -> list[ScoreResponse]:
-    """Score samples in one pass (one backbone pass, one search); every answer has its own timings."""
+def score_samples(
+    scorer: BankScorer,
+    samples: list[Sample],
+    map_format: MapFormat,
+    max_map_side: int = DEFAULT_MAX_MAP_SIDE,
+) -> list[ScoreResponse]:
+    """Score samples in one pass (one backbone pass, one search); every answer has its own timings and its
+    map at most ``max_map_side`` pixels on its longer side."""
     m = scorer.bank.manifest
-    return [response(m.category, m.version, p, map_format) for p in predict(scorer, samples)]
+    preds = predict(scorer, samples, max_map_side=max_map_side)
+    return [response(m.category, m.version, p, map_format) for p in preds]
 
 
 def response(category: str, version: str, p: Prediction, map_format: MapFormat) -> ScoreResponse:
