@@ -49,7 +49,7 @@ import math
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from itertools import pairwise
-from typing import TYPE_CHECKING, Annotated, Any, Self
+from typing import TYPE_CHECKING, Annotated, Self
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -57,13 +57,11 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from patchbank.errors import InputError
 from patchbank.features.base import (
     GRID,
-    FeatureExtractor,
     FeatureSpec,
-    Weights,
     register_extractor,
     to_patches,
 )
-from patchbank.features.concat import SPREAD_FLOOR, divide_modalities, modality_spread
+from patchbank.features.concat import WithRGBPart, divide_modalities, fit_scales
 from patchbank.features.fpfh import FPFHExtractor, FPFHOptions
 from patchbank.features.rgb import RGBExtractor, RGBOptions
 from patchbank.preprocess import Prepared
@@ -319,16 +317,6 @@ def train_mappings(
     return Mappings(to_3d=MLPWeights.of(to_3d), to_rgb=MLPWeights.of(to_rgb))
 
 
-def fit_scales(flat: np.ndarray, split: int) -> tuple[float, float]:
-    """Each modality's spread on (P, D) training patches (:func:`.concat.modality_spread`), floored at
-    ``SPREAD_FLOOR`` so a modality that does not vary stays finite."""
-    spreads = (modality_spread(flat[:, :split]), modality_spread(flat[:, split:]))
-    scales = (max(spreads[0], SPREAD_FLOOR), max(spreads[1], SPREAD_FLOOR))
-    if scales != spreads:
-        log.warning("a modality does not vary on the training patches (spreads %s): floored", spreads)
-    return scales
-
-
 def fit_options(features: np.ndarray, split: int, options: CFMOptions) -> CFMOptions:
     """``options`` with the fit of raw (N, P, D) [rgb, fpfh] training features (rgb the first ``split``
     columns): the per-modality scales on every patch, then the two mappings trained on the scaled
@@ -399,12 +387,10 @@ class CrossModalMaps:
 
 
 @register_extractor("cfm")
-class CFMExtractor(FeatureExtractor):
+class CFMExtractor(WithRGBPart):
     """CFM's crossmodal mappings between ``rgb`` and ``fpfh`` patch features; see the module docstring."""
 
     options_model = CFMOptions
-    needs_weights = RGBExtractor.needs_weights
-    default_weights = RGBExtractor.default_weights
 
     def __init__(self, options: CFMOptions, rgb: RGBExtractor, device: str) -> None:
         self.rgb = rgb
@@ -429,14 +415,6 @@ class CFMExtractor(FeatureExtractor):
         self.spec = FeatureSpec(
             extractor=self.name, options=self.opts.model_dump(mode="json"), dim=self.rgb.dim + self.fpfh.dim
         )
-
-    @classmethod
-    def complete(cls, options: Any) -> Any:
-        return options.model_copy(update={"rgb": RGBExtractor.complete(options.rgb)})
-
-    @classmethod
-    def create(cls, options: Any, weights: Weights | None, device: str, override: str | None) -> Self:
-        return cls(options, RGBExtractor.create(options.rgb, weights, device, override), device)
 
     def grid_maps(self, batch: Sequence[Prepared]) -> torch.Tensor:
         """The raw concatenation [rgb, fpfh] (the fit, once there, is applied by :meth:`extract`)."""

@@ -90,10 +90,37 @@ def divide_modalities(features: np.ndarray, split: int, scales: tuple[float, flo
     return (features / divisor).astype(np.float32)
 
 
-@register_extractor("rgb+fpfh")
-class RGBFPFHExtractor(FeatureExtractor):
-    options_model = RGBFPFHOptions
+def fit_scales(flat: np.ndarray, split: int) -> tuple[float, float]:
+    """Each modality's spread on (P, D) training patches (:func:`modality_spread`; the first ``split``
+    columns, then the rest), floored at ``SPREAD_FLOOR`` so a modality that does not vary stays finite."""
+    spreads = (modality_spread(flat[:, :split]), modality_spread(flat[:, split:]))
+    scales = (max(spreads[0], SPREAD_FLOOR), max(spreads[1], SPREAD_FLOOR))
+    if scales != spreads:
+        log.warning("a modality does not vary on the training patches (spreads %s): floored", spreads)
+    return scales
+
+
+class WithRGBPart(FeatureExtractor):
+    """An extractor built around an ``rgb`` part (``options.rgb``): its options are completed and its
+    backbone created (with the weights asked for) as the ``rgb`` extractor's own."""
+
     needs_weights = RGBExtractor.needs_weights
+    default_weights = RGBExtractor.default_weights
+
+    @classmethod
+    def complete(cls, options: Any) -> Any:
+        return options.model_copy(update={"rgb": RGBExtractor.complete(options.rgb)})
+
+    @classmethod
+    def create(cls, options: Any, weights: Weights | None, device: str, override: str | None) -> Self:
+        """Subclasses take ``(options, rgb extractor, device)``."""
+        rgb = RGBExtractor.create(options.rgb, weights, device, override)
+        return cls(options, rgb, device)  # type: ignore[call-arg]
+
+
+@register_extractor("rgb+fpfh")
+class RGBFPFHExtractor(WithRGBPart):
+    options_model = RGBFPFHOptions
     default_weights = "pretrained (wide_resnet50_2.tv_in1k: the hub, its cache, or --weights file:PATH)"
 
     def __init__(self, options: RGBFPFHOptions, rgb: RGBExtractor, device: str) -> None:
@@ -105,14 +132,6 @@ class RGBFPFHExtractor(FeatureExtractor):
         self.spec = FeatureSpec(
             extractor=self.name, options=self.opts.model_dump(mode="json"), dim=self.rgb.dim + self.fpfh.dim
         )
-
-    @classmethod
-    def complete(cls, options: Any) -> Any:
-        return options.model_copy(update={"rgb": RGBExtractor.complete(options.rgb)})
-
-    @classmethod
-    def create(cls, options: Any, weights: Weights | None, device: str, override: str | None) -> Self:
-        return cls(options, RGBExtractor.create(options.rgb, weights, device, override), device)
 
     def grid_maps(self, batch: Sequence[Prepared]) -> torch.Tensor:
         """The raw concatenation (before any per-modality scaling, which :meth:`extract` applies)."""
@@ -137,12 +156,8 @@ class RGBFPFHExtractor(FeatureExtractor):
             return features
         if features.ndim != 3 or features.shape[-1] != self.dim:
             raise InputError(f"fit expects (N, patches, {self.dim}) features, got {features.shape}")
-        flat = features.reshape(-1, self.dim)
         split = self.rgb.dim
-        spreads = (modality_spread(flat[:, :split]), modality_spread(flat[:, split:]))
-        scales = (max(spreads[0], SPREAD_FLOOR), max(spreads[1], SPREAD_FLOOR))
-        if scales != spreads:
-            log.warning("a modality does not vary on the training patches (spreads %s): floored", spreads)
+        scales = fit_scales(features.reshape(-1, self.dim), split)
         log.info("rgb+fpfh per-modality scales: rgb %.6g, fpfh %.6g", *scales)
         self.opts = self.opts.model_copy(update={"scales": scales})
         self.spec = self.spec.model_copy(update={"options": self.opts.model_dump(mode="json")})

@@ -36,21 +36,19 @@ import logging
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Self
+from typing import TYPE_CHECKING
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from patchbank.errors import InputError
 from patchbank.features.base import (
-    FeatureExtractor,
     FeatureSpec,
-    Weights,
     register_extractor,
     to_grid,
     to_patches,
 )
-from patchbank.features.concat import SPREAD_FLOOR, Scale, divide_modalities, modality_spread
+from patchbank.features.concat import Scale, WithRGBPart, divide_modalities, fit_scales
 from patchbank.features.fpfh import FPFHExtractor, FPFHOptions
 from patchbank.features.rgb import RGBExtractor, RGBOptions
 from patchbank.preprocess import Prepared
@@ -273,12 +271,10 @@ def pool_views(maps: torch.Tensor, pixels: torch.Tensor, weights: torch.Tensor, 
 
 
 @register_extractor("cpmf")
-class CPMFExtractor(FeatureExtractor):
+class CPMFExtractor(WithRGBPart):
     """Render features of the ``rgb`` backbone (its dim) and, unless ``fpfh`` is None, FPFH (33)."""
 
     options_model = CPMFOptions
-    needs_weights = RGBExtractor.needs_weights
-    default_weights = RGBExtractor.default_weights
 
     def __init__(self, options: CPMFOptions, rgb: RGBExtractor, device: str) -> None:
         import torch
@@ -294,14 +290,6 @@ class CPMFExtractor(FeatureExtractor):
         )
         dim = rgb.dim + (0 if self.fpfh is None else self.fpfh.dim)
         self.spec = FeatureSpec(extractor=self.name, options=options.model_dump(mode="json"), dim=dim)
-
-    @classmethod
-    def complete(cls, options: Any) -> Any:
-        return options.model_copy(update={"rgb": RGBExtractor.complete(options.rgb)})
-
-    @classmethod
-    def create(cls, options: Any, weights: Weights | None, device: str, override: str | None) -> Self:
-        return cls(options, RGBExtractor.create(options.rgb, weights, device, override), device)
 
     def render(self, batch: Sequence[Prepared]) -> Renders:
         """The batch's clouds rendered from every view, on the extractor's device."""
@@ -349,12 +337,8 @@ class CPMFExtractor(FeatureExtractor):
             return features
         if features.ndim != 3 or features.shape[-1] != self.dim:
             raise InputError(f"fit expects (N, patches, {self.dim}) features, got {features.shape}")
-        flat = features.reshape(-1, self.dim)
         split = self.rgb.dim
-        spreads = (modality_spread(flat[:, :split]), modality_spread(flat[:, split:]))
-        scales = (max(spreads[0], SPREAD_FLOOR), max(spreads[1], SPREAD_FLOOR))
-        if scales != spreads:
-            log.warning("a modality does not vary on the training patches (spreads %s): floored", spreads)
+        scales = fit_scales(features.reshape(-1, self.dim), split)
         log.info("cpmf per-modality scales: renders %.6g, fpfh %.6g", *scales)
         self.opts = self.opts.model_copy(update={"scales": scales})
         self.spec = self.spec.model_copy(update={"options": self.opts.model_dump(mode="json")})
