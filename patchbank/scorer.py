@@ -227,10 +227,6 @@ class BankScorer:
         also = partial(part_patches, scoring=self.scoring) if self.scoring.foreground is not None else None
         return extract_side_by_side(self.extractors, batch, also)
 
-    def parts(self, batch: Sequence[Prepared]) -> np.ndarray | None:
-        """(B, 784) bool, the patches on the part, when the bank scores the part only; else None."""
-        return part_patches(batch, self.scoring)
-
     def member_scores(self, features: Sequence[np.ndarray], keep: np.ndarray | None = None) -> list[Scores]:
         """Each member's raw scores, before fusion."""
         return [
@@ -242,7 +238,7 @@ class BankScorer:
         return fuse(self.bank.manifest.fusion, self.member_scores(features, keep))
 
     def score(self, batch: Sequence[Prepared]) -> Scores:
-        return self.score_features(self.features(batch), self.parts(batch))
+        return self.score_features(*self.features_and_parts(batch))
 
 
 def check_same_size(extractors: Sequence[FeatureExtractor]) -> None:

@@ -128,7 +128,7 @@ def test_fused_scores_are_the_aligned_maximum_of_the_members(
     scorer = load_scorer(banks, CATEGORY)
     refs = list_samples(demo_root, CATEGORY, "test")
     prepared = [load_prepared(r, 224) for r in refs]
-    feats, keep = scorer.features(prepared), scorer.parts(prepared)
+    feats, keep = scorer.features_and_parts(prepared)
     assert keep is not None and scorer.scoring.image_rule == "map-max"  # the product's rule
     fused = scorer.score_features(feats, keep)
     members = scorer.member_scores(feats, keep)
