@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from patchbank import bank as bankfmt
+from patchbank.clouds import Intrinsics
 from patchbank.coreset import CoresetSpec, create_sampler
 from patchbank.data import SampleRef, digest, has_split, list_samples
 from patchbank.errors import DataError
@@ -27,6 +28,7 @@ from patchbank.index import PatchIndex, default_kind
 from patchbank.methods import DEFAULT_METHOD, parse_method
 from patchbank.rules import Scoring
 from patchbank.scorer import BankScorer, Scores, check_same_size, fuse, part_patches
+from patchbank.units import CloudScale, dataset_scale
 from patchbank.weights import WeightsRequest
 from patchbank_builder.calibrate import (
     calibrate_target_frr,
@@ -61,6 +63,7 @@ class BuildRequest:
     target_frr: float = DEFAULT_TARGET_FRR
     activate: bool = True
     progress: bool = True
+    intrinsics: Intrinsics | None = None  # the depth camera (default: the dataset's intrinsics.json)
 
 
 @dataclass
@@ -111,6 +114,8 @@ def new_manifest(
     train: Sequence[SampleRef],
     stats: bankfmt.ScoreStats,
     scoring: Scoring,
+    cloud_scale: CloudScale | None = None,
+    intrinsics: Intrinsics | None = None,
 ) -> bankfmt.Manifest:
     """The manifest of a bank not yet written (its version is assigned by ``write_version``)."""
     return bankfmt.Manifest(
@@ -127,6 +132,8 @@ def new_manifest(
         score_stats=stats,
         thresholds=default_thresholds(stats),
         libraries=bankfmt.library_versions(),
+        cloud_scale=cloud_scale,
+        intrinsics=intrinsics,
     )
 
 
@@ -150,7 +157,7 @@ def build_bank(req: BuildRequest) -> BuildResult:
     method = parse_method(req.method)
     scoring = method.scoring(req.scoring)
     timings: dict[str, float] = {}
-    train = list_samples(req.data_root, req.category, "train", kinds=["good"])
+    train = list_samples(req.data_root, req.category, "train", kinds=["good"], intrinsics=req.intrinsics)
     if len(train) < 2:
         raise DataError(
             f"{req.data_root}/{req.category}/train/good holds {len(train)} sample; a bank needs 2 or more"
@@ -179,7 +186,9 @@ def build_bank(req: BuildRequest) -> BuildResult:
 
     with timed(timings, "held-out"):
         if has_split(req.data_root, req.category, "validation"):
-            val = list_samples(req.data_root, req.category, "validation", kinds=["good"])
+            val = list_samples(
+                req.data_root, req.category, "validation", kinds=["good"], intrinsics=req.intrinsics
+            )
             source = "validation"
             held = held_out_validation(extractors, indices, val, scoring, req.progress)
         else:
@@ -201,13 +210,15 @@ def build_bank(req: BuildRequest) -> BuildResult:
         new_member(e, index, file, info, h)
         for e, (index, info), file, h in zip(extractors, built, files, held, strict=True)
     ]
-    manifest = new_manifest(req.category, method.name, members, fusion, train, stats, scoring)
+    camera = train[0].intrinsics  # --intrinsics, else the dataset's
+    scale = dataset_scale(train)
+    manifest = new_manifest(req.category, method.name, members, fusion, train, stats, scoring, scale, camera)
     if req.calibrate:
         manifest = calibrate_target_frr(manifest, req.target_frr)
 
     evaluation = None
     if req.evaluate and has_split(req.data_root, req.category, "test"):
-        test = list_samples(req.data_root, req.category, "test")
+        test = list_samples(req.data_root, req.category, "test", intrinsics=req.intrinsics)
         with timed(timings, "evaluate"):
             scorer = BankScorer(bankfmt.Bank(manifest, indices, Path()), extractors)
             evaluation = evaluate(scorer, test, req.progress)

@@ -115,6 +115,7 @@ def build_request(
     opts: BuildOptions | CompareOptions, method: Method, args: argparse.Namespace, **fields: Any
 ) -> BuildRequest:
     """A BuildRequest for one method from the command's options, settings filling the gaps."""
+    from patchbank.clouds import Intrinsics
     from patchbank.config import default_device
     from patchbank_builder.build import BuildRequest
 
@@ -139,6 +140,7 @@ def build_request(
         batch_size=opts.batch_size,
         target_frr=opts.target_frr or DEFAULT_TARGET_FRR,
         progress=not opts.quiet,
+        intrinsics=Intrinsics.from_file(opts.intrinsics) if opts.intrinsics else None,
         **fields,
     )
 

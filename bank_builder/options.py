@@ -61,6 +61,12 @@ class Features(Options):
         None, description="search index: flat (exact) or hnsw (approximate); default hnsw from 256-d up"
     )
     batch_size: int = Field(8, ge=1, description="samples per feature batch")
+    intrinsics: Path | None = Field(
+        None,
+        description="JSON of the depth camera {fx, fy, cx, cy, depth_scale}: reads depth-image datasets and "
+        "is stored in the bank for lines that send depth images alone (default: the dataset's "
+        "<category>/intrinsics.json)",
+    )
     target_frr: float | None = Field(
         None,
         gt=0,

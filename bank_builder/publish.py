@@ -8,7 +8,7 @@ from pathlib import Path
 
 from patchbank import active
 from patchbank import bank as bankfmt
-from patchbank.errors import ConfigError, InputError
+from patchbank.errors import BankError, ConfigError, InputError
 from patchbank_builder.options import DEFAULT_KEEP, DEFAULT_TOLERANCE
 
 log = logging.getLogger(__name__)
@@ -28,9 +28,12 @@ def publish_version(
 
     try:
         client = active.connect(redis_url) if redis_url else None
-        current = (client.hget(active.ACTIVE_KEY, category) if client else None) or bankfmt.active_version(
-            banks, category
-        )
+        current = client.hget(active.ACTIVE_KEY, category) if client else None
+        if not current:
+            try:
+                current = bankfmt.active_version(banks, category)
+            except BankError as exc:  # publishing replaces an ACTIVE that names no version of the category
+                log.warning("%s; publishing %s/%s replaces it", exc, category, version)
         if current == version:
             current = None
         new_eval = active.evaluation_of(banks, category, version)

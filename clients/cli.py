@@ -2,6 +2,12 @@
 
     score --url URL --category C --rgb a.png --xyz a.tiff [--map none|png|array] [--save-map heat.png] [--json]
     score --url URL --category C --dir FOLDER --out results.jsonl
+    score ... --xyz a.ply --xyz-unit mm          an xyz cloud in millimetres (or um)
+    score ... --xyz depth.png --intrinsics camera.json   a depth image and its camera
+
+With ``--dir`` and no ``--intrinsics``, the ``intrinsics.json`` of a dataset's category folder (the MVTec 3D-AD
+layout ``<root>/<category>/<split>/<kind>/xyz``, as ``patchbank convert`` writes it) or of a flat folder is
+sent with that folder's samples.
 
 Exit codes: 0 all scored; 1 some samples of ``--dir`` failed (each has an error line in the JSONL); 2 usage
 errors, nothing to score, or (single mode) the service refused or could not be reached. Expected errors are
@@ -25,15 +31,23 @@ from tqdm import tqdm
 
 from patchbank_client.client import (
     MAP_FORMATS,
+    XYZ_UNITS,
     APIError,
     MapFormat,
     PatchbankClient,
     PatchbankClientError,
     ScoreResult,
+    XyzUnit,
+    intrinsics_json,
 )
 
 RGB_SUFFIXES = (".png", ".jpg", ".jpeg")
-XYZ_SUFFIXES = (".tiff", ".tif", ".npy")  # in order of preference when several share a name
+# Point clouds, in order of preference when several share a name. In a flat folder NAME.png is the RGB image,
+# so a 16-bit PNG depth image is looked for only in the xyz folder of the MVTec 3D-AD layout.
+XYZ_SUFFIXES = (".tiff", ".tif", ".npy", ".ply", ".pcd")
+MVTEC_XYZ_SUFFIXES = (*XYZ_SUFFIXES, ".png")
+SPLITS = ("train", "validation", "test")
+INTRINSICS_FILE = "intrinsics.json"  # a dataset category's depth camera
 ENV_URL = "PATCHBANK_URL"
 ENV_API_KEY = "PATCHBANK_API_KEY"
 
@@ -46,6 +60,7 @@ class UsageError(Exception):
 class Sample:
     rgb: Path
     xyz: Path
+    intrinsics: Path | None = None  # the dataset's intrinsics.json for this sample, when there is one
 
 
 # --------------------------------------------------------------------------------------------------- finding
@@ -73,12 +88,26 @@ def _listdir(folder: Path) -> list[str]:
         return []
 
 
+def _intrinsics_file(folder: Path) -> Path | None:
+    path = folder / INTRINSICS_FILE
+    return path if path.is_file() else None
+
+
+def _kind_intrinsics(kind_dir: Path) -> Path | None:
+    """``<category>/intrinsics.json`` for an MVTec kind folder ``<category>/<split>/<kind>``."""
+    split_dir = kind_dir.parent
+    return _intrinsics_file(split_dir.parent) if split_dir.name in SPLITS else None
+
+
 def find_samples(folder: Path) -> tuple[list[Sample], int]:
     """Every (rgb, xyz) pair under ``folder`` in sorted order, and how many rgb files had no xyz partner.
 
     Two layouts, mixed freely at any depth: the MVTec 3D-AD one (``.../rgb/NNN.png`` with a sibling
-    ``.../xyz/NNN.tiff``; ``gt`` folders are ignored), and flat folders of pairs by name (``NAME.png`` next to
-    ``NAME.tiff`` or ``NAME.npy``). Raises UsageError when ``folder`` is missing or unreadable.
+    ``.../xyz/NNN.<ext>``, any cloud format including a 16-bit PNG depth image; ``gt`` folders are ignored),
+    and flat folders of pairs by name (``NAME.png`` next to ``NAME.tiff``, ``.npy``, ``.ply`` or ``.pcd``).
+    Each sample carries the camera file of its dataset: ``<category>/intrinsics.json`` above
+    ``<category>/<split>/<kind>/rgb``, or ``intrinsics.json`` in a flat folder. Raises UsageError when
+    ``folder`` is missing or unreadable.
     """
     if not folder.exists():
         raise UsageError(f"{folder} does not exist")
@@ -96,17 +125,19 @@ def find_samples(folder: Path) -> tuple[list[Sample], int]:
         here = Path(dirpath)
         if here.name == "rgb" and (here.parent / "xyz").is_dir():
             xyz_dir = here.parent / "xyz"
-            xyzs = _by_stem(xyz_dir, _listdir(xyz_dir), XYZ_SUFFIXES)
+            xyzs = _by_stem(xyz_dir, _listdir(xyz_dir), MVTEC_XYZ_SUFFIXES)
+            camera = _kind_intrinsics(here.parent)
         elif here.name in ("xyz", "gt") and (here.parent / "rgb").is_dir():
             continue  # the other half of an MVTec kind folder: reached through its rgb sibling
         else:
             xyzs = _by_stem(here, filenames, XYZ_SUFFIXES)
+            camera = _intrinsics_file(here) if INTRINSICS_FILE in filenames else None
         for stem, rgb in sorted(_by_stem(here, filenames, RGB_SUFFIXES).items()):
             xyz = xyzs.get(stem)
             if xyz is None:
                 unpaired += 1
             else:
-                samples.append(Sample(rgb, xyz))
+                samples.append(Sample(rgb, xyz, camera))
     samples.sort(key=lambda s: s.rgb)
     return samples, unpaired
 
@@ -147,15 +178,36 @@ def _client(args: argparse.Namespace) -> PatchbankClient:
     )
 
 
+def _read_intrinsics(path: Path) -> str:
+    """The JSON text of a camera file; UsageError saying what is wrong with it."""
+    try:
+        return intrinsics_json(path)
+    except OSError as exc:
+        raise UsageError(f"cannot read intrinsics {path}: {exc.strerror or exc}") from exc
+    except ValueError as exc:
+        raise UsageError(str(exc)) from exc
+
+
+def _given_intrinsics(args: argparse.Namespace) -> str | None:
+    return None if args.intrinsics is None else _read_intrinsics(Path(args.intrinsics))
+
+
 def _run_single(args: argparse.Namespace) -> int:
     if args.save_map and args.map not in (None, "png"):
         raise UsageError(f"--save-map writes the PNG heatmap: it needs --map png, not --map {args.map}")
     map_format = cast(MapFormat, "png" if args.save_map else (args.map or "none"))
+    intrinsics = _given_intrinsics(args)
     try:
         with _client(args) as client:
             t0 = time.perf_counter()
             result = client.score(
-                args.category, Path(args.rgb), Path(args.xyz), map=map_format, sample_id=args.sample_id
+                args.category,
+                Path(args.rgb),
+                Path(args.xyz),
+                map=map_format,
+                sample_id=args.sample_id,
+                xyz_unit=args.xyz_unit,
+                intrinsics=intrinsics,
             )
             latency_ms = (time.perf_counter() - t0) * 1000
     except OSError as exc:
@@ -178,13 +230,35 @@ def _run_single(args: argparse.Namespace) -> int:
     return 0
 
 
+@dataclass(frozen=True)
+class _Cloud:
+    """How every sample's cloud is to be read: ``unit`` for all; ``intrinsics`` (JSON) given for all, else
+    ``found``: each dataset intrinsics file's JSON."""
+
+    unit: XyzUnit | None
+    intrinsics: str | None
+    found: dict[Path, str]
+
+    def camera(self, sample: Sample) -> str | None:
+        if self.intrinsics is not None or sample.intrinsics is None:
+            return self.intrinsics
+        return self.found[sample.intrinsics]
+
+
 def _score_one(
-    client: PatchbankClient, category: str, map_format: MapFormat, sample: Sample
+    client: PatchbankClient, category: str, map_format: MapFormat, cloud: _Cloud, sample: Sample
 ) -> dict[str, Any]:
     record: dict[str, Any] = {"rgb": str(sample.rgb), "xyz": str(sample.xyz)}
     t0 = time.perf_counter()
     try:
-        result = client.score(category, sample.rgb, sample.xyz, map=map_format)
+        result = client.score(
+            category,
+            sample.rgb,
+            sample.xyz,
+            map=map_format,
+            xyz_unit=cloud.unit,
+            intrinsics=cloud.camera(sample),
+        )
     except APIError as exc:
         return {**record, "error": exc.reason, "status": exc.status_code}
     except OSError as exc:
@@ -215,14 +289,21 @@ def _run_dir(args: argparse.Namespace) -> int:
     if args.save_map or args.json:
         raise UsageError("--save-map and --json are for one sample (--rgb/--xyz); --dir writes JSON lines")
     folder = Path(args.dir)
+    given = _given_intrinsics(args)
     samples, unpaired = find_samples(folder)
     if not samples:
         raise UsageError(
-            f"no samples found in {folder} (expected .../rgb/NNN.png with .../xyz/NNN.tiff, "
-            "or NAME.png with NAME.tiff/NAME.npy)"
+            f"no samples found in {folder} (expected .../rgb/NNN.png with .../xyz/NNN.tiff (or .npy, .ply, "
+            ".pcd, depth .png), or NAME.png with NAME.tiff/.npy/.ply/.pcd)"
         )
     if unpaired:
         print(f"warning: skipped {_plural(unpaired, 'rgb file')} without an xyz file", file=sys.stderr)
+    found: dict[Path, str] = {}
+    if given is None:
+        for path in sorted({s.intrinsics for s in samples if s.intrinsics is not None}):
+            found[path] = _read_intrinsics(path)
+            print(f"using the camera intrinsics in {path}", file=sys.stderr)
+    cloud = _Cloud(args.xyz_unit, given, found)
     map_format = cast(MapFormat, args.map or "none")
 
     with _client(args) as client:
@@ -241,7 +322,7 @@ def _run_dir(args: argparse.Namespace) -> int:
             for sample in tqdm(
                 samples, unit="sample", desc=args.category, file=sys.stderr, dynamic_ncols=True
             ):
-                record = _score_one(client, args.category, map_format, sample)
+                record = _score_one(client, args.category, map_format, cloud, sample)
                 out.write(json.dumps(record) + "\n")
                 out.flush()
                 if "error" in record:
@@ -277,7 +358,8 @@ def _run_dir(args: argparse.Namespace) -> int:
 
 DESCRIPTION = (
     "Score RGB + xyz samples with a Patchbank service: one sample (--rgb/--xyz), "
-    "or every sample under a folder (--dir, MVTec 3D-AD layout or NAME.png + NAME.tiff pairs)."
+    "or every sample under a folder (--dir, MVTec 3D-AD layout or NAME.png + NAME.tiff pairs). "
+    "Point clouds: xyz TIFF/.npy, organized PLY/PCD, or depth images with the camera's intrinsics."
 )
 
 
@@ -292,7 +374,22 @@ def configure(p: argparse.ArgumentParser) -> None:
         "--api-key", default=os.environ.get(ENV_API_KEY), help=f"API key (default: ${ENV_API_KEY})"
     )
     p.add_argument("--rgb", help="RGB image (PNG/JPEG/TIFF) of one sample")
-    p.add_argument("--xyz", help="organized point cloud (.tiff H x W x 3 float32, or .npy) of one sample")
+    p.add_argument(
+        "--xyz",
+        help="point cloud of one sample: xyz TIFF/.npy, organized PLY/PCD, or a depth image with --intrinsics",
+    )
+    p.add_argument(
+        "--xyz-unit",
+        choices=XYZ_UNITS,
+        default=None,
+        help="unit of the xyz clouds' coordinates (default: metres); not for depth images",
+    )
+    p.add_argument(
+        "--intrinsics",
+        metavar="FILE",
+        help="depth camera as JSON {fx, fy, cx, cy, depth_scale[, width, height]}, for depth images (default: "
+        f"the bank's; with --dir, also a dataset category's {INTRINSICS_FILE})",
+    )
     p.add_argument("--dir", help="score every sample under this folder, one request at a time")
     p.add_argument("--out", help="JSON lines file for --dir results ('-' for stdout)")
     p.add_argument("--map", choices=MAP_FORMATS, default=None, help="anomaly map to ask for (default: none)")

@@ -12,9 +12,10 @@ import asyncio
 import base64
 import email.utils
 import io
+import json
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from os import PathLike
@@ -36,6 +37,7 @@ __all__ = [
     "CategoryInfo",
     "Conflict",
     "ConnectionFailed",
+    "IntrinsicsInput",
     "MapFormat",
     "NotFound",
     "PatchbankClient",
@@ -48,15 +50,28 @@ __all__ = [
     "Unauthorized",
     "UnexpectedResponse",
     "XyzInput",
+    "XyzUnit",
+    "intrinsics_json",
 ]
 
 RgbInput: TypeAlias = str | PathLike[str] | bytes | np.ndarray
 """A path to a PNG/JPEG/TIFF file, the file's bytes, or a uint8 array (H, W, 3) (sent as PNG)."""
 XyzInput: TypeAlias = str | PathLike[str] | bytes | np.ndarray
-"""A path to a ``.tiff``/``.tif``/``.npy`` file, the file's bytes, or a float array (H, W, 3) (sent as .npy)."""
+"""The sample's point cloud: a path to an xyz TIFF or ``.npy`` (H x W x 3), an organized ``.ply`` or ``.pcd``,
+or a depth image (16-bit ``.png``, float ``.tiff``, H x W ``.npy``; needs intrinsics), sent under its own
+file name; or a file's bytes; or a float array (H, W, 3) (sent as .npy). The service tells the format from the
+file's first bytes, then from its name's extension."""
+XyzUnit: TypeAlias = Literal["m", "mm", "um"]
+"""The unit of an xyz cloud's coordinates; the service converts them to metres (not for depth images)."""
+IntrinsicsInput: TypeAlias = Mapping[str, float] | str | PathLike[str]
+"""A depth image's camera: a mapping ``{"fx", "fy", "cx", "cy", "depth_scale"[, "width", "height"]}``, the
+same as a JSON string, or a path to a JSON file (read by the client)."""
 MapFormat: TypeAlias = Literal["none", "png", "array"]
 
 MAP_FORMATS: tuple[str, ...] = ("none", "png", "array")
+XYZ_UNITS: tuple[str, ...] = ("m", "mm", "um")
+INTRINSICS_KEYS = ("fx", "fy", "cx", "cy", "depth_scale")  # the keys a camera must give
+MAX_INTRINSICS = 1000  # characters of the intrinsics JSON the service accepts
 NPY_MAGIC = b"\x93NUMPY"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 JPEG_MAGIC = b"\xff\xd8\xff"
@@ -260,8 +275,17 @@ def _encode_rgb(rgb: RgbInput) -> tuple[str, bytes, str]:
     return name, data, content_type
 
 
+def _xyz_content_type(data: bytes) -> str:
+    if data.startswith(TIFF_MAGICS):
+        return "image/tiff"
+    if data.startswith(PNG_MAGIC):
+        return "image/png"
+    return "application/octet-stream"
+
+
 def _encode_xyz(xyz: XyzInput) -> tuple[str, bytes, str]:
-    """The multipart file tuple for an xyz input: ``xyz.npy`` or ``xyz.tiff`` by content, never by name."""
+    """The multipart file tuple for an xyz input. A path is sent under its own file name (the service falls
+    back on its extension to tell the format); bytes and arrays as ``xyz.npy`` or ``xyz.tiff`` by content."""
     if isinstance(xyz, np.ndarray):
         if not np.issubdtype(xyz.dtype, np.floating):
             raise TypeError(f"xyz array must be float32, got {xyz.dtype}")
@@ -270,10 +294,14 @@ def _encode_xyz(xyz: XyzInput) -> tuple[str, bytes, str]:
         buf = io.BytesIO()
         np.save(buf, np.ascontiguousarray(xyz, dtype="<f4"), allow_pickle=False)
         return "xyz.npy", buf.getvalue(), "application/octet-stream"
+    if isinstance(xyz, str | PathLike):
+        path = Path(xyz)
+        data = path.read_bytes()
+        if not data:
+            raise ValueError(f"xyz {path.name} is empty")
+        return path.name, data, _xyz_content_type(data)
     if isinstance(xyz, bytes | bytearray | memoryview):
         data = bytes(xyz)
-    elif isinstance(xyz, str | PathLike):
-        data = Path(xyz).read_bytes()
     else:
         raise TypeError(f"xyz must be a path, bytes or a numpy array, got {type(xyz).__name__}")
     if not data:
@@ -281,6 +309,57 @@ def _encode_xyz(xyz: XyzInput) -> tuple[str, bytes, str]:
     if data.startswith(NPY_MAGIC):
         return "xyz.npy", data, "application/octet-stream"
     return "xyz.tiff", data, "image/tiff"
+
+
+def _json_value(value: Any) -> Any:
+    if isinstance(value, np.generic):  # numpy numbers from a calibration tool
+        return value.item()
+    raise TypeError(f"intrinsics hold numbers, got {type(value).__name__}")
+
+
+def intrinsics_json(intrinsics: IntrinsicsInput) -> str:
+    """A depth camera as the compact JSON text the service takes in its ``intrinsics`` field.
+
+    ``intrinsics`` is a mapping, a JSON string, or a path to a JSON file. Raises ValueError when it is not a
+    JSON object with ``fx``, ``fy``, ``cx``, ``cy`` and ``depth_scale`` or is too long for the service, TypeError
+    for another type, OSError when the file cannot be read. The service checks the values and names a wrong
+    one."""
+    where = "intrinsics"
+    if isinstance(intrinsics, Mapping):
+        obj: Any = dict(intrinsics)
+    elif isinstance(intrinsics, str | PathLike):
+        if isinstance(intrinsics, str):
+            text = intrinsics
+        else:
+            where = f"intrinsics file {intrinsics}"
+            raw = Path(intrinsics).read_bytes()
+            try:
+                text = raw.decode("utf-8-sig")
+            except UnicodeDecodeError as exc:
+                raise ValueError(f"{where} is not UTF-8 text") from exc
+        try:
+            obj = json.loads(text)
+        except json.JSONDecodeError as exc:
+            hint = "" if not isinstance(intrinsics, str) else " (give a pathlib.Path to read a JSON file)"
+            raise ValueError(f"{where} is not valid JSON: {exc}{hint}") from exc
+    else:
+        raise TypeError(
+            f"intrinsics must be a mapping, a JSON string or a path, got {type(intrinsics).__name__}"
+        )
+    if not isinstance(obj, dict):
+        raise ValueError(f'{where} must be a JSON object like {{"fx": 240, ...}}, got {type(obj).__name__}')
+    missing = [k for k in INTRINSICS_KEYS if k not in obj]
+    if missing:
+        raise ValueError(f"{where} lacks {', '.join(missing)} (needs {', '.join(INTRINSICS_KEYS)})")
+    try:
+        text = json.dumps(obj, separators=(",", ":"), allow_nan=False, default=_json_value)
+    except ValueError as exc:
+        raise ValueError(f"{where} holds a value that is not a finite number") from exc
+    if len(text) > MAX_INTRINSICS:
+        raise ValueError(
+            f"{where} is {len(text)} characters of JSON; the service takes at most {MAX_INTRINSICS}"
+        )
+    return text
 
 
 # --------------------------------------------------------------------------------------------------- core
@@ -410,6 +489,18 @@ class _ClientCore:
         if map not in MAP_FORMATS:
             raise ValueError(f"map must be one of {', '.join(MAP_FORMATS)}, got {map!r}")
 
+    @staticmethod
+    def _cloud_fields(xyz_unit: str | None, intrinsics: IntrinsicsInput | None) -> dict[str, str]:
+        """The form fields that say how to read the clouds: ``xyz_unit`` and ``intrinsics`` when given."""
+        fields: dict[str, str] = {}
+        if xyz_unit is not None:
+            if xyz_unit not in XYZ_UNITS:
+                raise ValueError(f"xyz_unit must be one of {', '.join(XYZ_UNITS)}, got {xyz_unit!r}")
+            fields["xyz_unit"] = xyz_unit
+        if intrinsics is not None:
+            fields["intrinsics"] = intrinsics_json(intrinsics)
+        return fields
+
     def _score_request(
         self,
         category: str,
@@ -418,9 +509,12 @@ class _ClientCore:
         map: str,
         sample_id: str | None,
         idempotency_key: str | None,
+        xyz_unit: str | None = None,
+        intrinsics: IntrinsicsInput | None = None,
     ) -> _Request:
         self._check_map(map)
         data: dict[str, str | list[str]] = {"category": category, "map": map}
+        data.update(self._cloud_fields(xyz_unit, intrinsics))
         if sample_id is not None:
             data["sample_id"] = sample_id
         headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
@@ -434,11 +528,14 @@ class _ClientCore:
         map: str,
         sample_ids: Sequence[str] | None,
         idempotency_key: str | None,
+        xyz_unit: str | None = None,
+        intrinsics: IntrinsicsInput | None = None,
     ) -> _Request:
         self._check_map(map)
         if not samples:
             raise ValueError("score_batch needs at least one sample")
         data: dict[str, str | list[str]] = {"category": category, "map": map}
+        data.update(self._cloud_fields(xyz_unit, intrinsics))
         if sample_ids is not None:
             if isinstance(sample_ids, str) or len(sample_ids) != len(samples):
                 raise ValueError(f"sample_ids must be a sequence of {len(samples)} ids, one per sample")
@@ -585,9 +682,18 @@ class PatchbankClient(_ClientCore):
         map: MapFormat = "none",
         sample_id: str | None = None,
         idempotency_key: str | None = None,
+        *,
+        xyz_unit: XyzUnit | None = None,
+        intrinsics: IntrinsicsInput | None = None,
     ) -> ScoreResult:
-        """Score one sample. See :data:`RgbInput` and :data:`XyzInput` for what the inputs may be."""
-        req = self._score_request(category, rgb, xyz, map, sample_id, idempotency_key)
+        """Score one sample. See :data:`RgbInput` and :data:`XyzInput` for what the inputs may be.
+
+        ``xyz_unit``: the unit of an xyz cloud's coordinates when not metres (``"mm"``, ``"um"``); the service
+        refuses a cloud far off the bank's scale sent without one. ``intrinsics``: the camera of a depth image
+        (see :data:`IntrinsicsInput`), unless the bank stores one."""
+        req = self._score_request(
+            category, rgb, xyz, map, sample_id, idempotency_key, xyz_unit=xyz_unit, intrinsics=intrinsics
+        )
         return self._parse_score(self._send(req))
 
     def score_batch(
@@ -597,9 +703,15 @@ class PatchbankClient(_ClientCore):
         map: MapFormat = "none",
         sample_ids: Sequence[str] | None = None,
         idempotency_key: str | None = None,
+        *,
+        xyz_unit: XyzUnit | None = None,
+        intrinsics: IntrinsicsInput | None = None,
     ) -> list[ScoreResult]:
-        """Score several samples of one category in one request; results in the order of ``samples``."""
-        req = self._batch_request(category, samples, map, sample_ids, idempotency_key)
+        """Score several samples of one category in one request; results in the order of ``samples``.
+        ``xyz_unit`` and ``intrinsics`` (as for :meth:`score`) apply to every sample."""
+        req = self._batch_request(
+            category, samples, map, sample_ids, idempotency_key, xyz_unit=xyz_unit, intrinsics=intrinsics
+        )
         return self._parse_batch(self._send(req), len(samples))
 
     def categories(self) -> list[CategoryInfo]:
@@ -689,10 +801,22 @@ class AsyncPatchbankClient(_ClientCore):
         map: MapFormat = "none",
         sample_id: str | None = None,
         idempotency_key: str | None = None,
+        *,
+        xyz_unit: XyzUnit | None = None,
+        intrinsics: IntrinsicsInput | None = None,
     ) -> ScoreResult:
+        """Score one sample; as :meth:`PatchbankClient.score`."""
         # Reading files and PNG encoding are blocking: keep them off the event loop.
         req = await asyncio.to_thread(
-            self._score_request, category, rgb, xyz, map, sample_id, idempotency_key
+            self._score_request,
+            category,
+            rgb,
+            xyz,
+            map,
+            sample_id,
+            idempotency_key,
+            xyz_unit=xyz_unit,
+            intrinsics=intrinsics,
         )
         return self._parse_score(await self._send(req))
 
@@ -703,9 +827,20 @@ class AsyncPatchbankClient(_ClientCore):
         map: MapFormat = "none",
         sample_ids: Sequence[str] | None = None,
         idempotency_key: str | None = None,
+        *,
+        xyz_unit: XyzUnit | None = None,
+        intrinsics: IntrinsicsInput | None = None,
     ) -> list[ScoreResult]:
+        """Score several samples in one request; as :meth:`PatchbankClient.score_batch`."""
         req = await asyncio.to_thread(
-            self._batch_request, category, samples, map, sample_ids, idempotency_key
+            self._batch_request,
+            category,
+            samples,
+            map,
+            sample_ids,
+            idempotency_key,
+            xyz_unit=xyz_unit,
+            intrinsics=intrinsics,
         )
         return self._parse_batch(await self._send(req), len(samples))
 

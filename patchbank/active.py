@@ -31,8 +31,9 @@ def connect(url: str):  # -> redis.Redis
 
 
 def publish(client, banks: Path, category: str, version: str) -> None:
-    """Make ``version`` the category's active bank: locally (ACTIVE) and in Redis, then announce it."""
-    bankfmt.read_manifest(Path(banks) / bankfmt.check_category(category) / version)  # exists and intact
+    """Make ``version`` the category's active bank: locally (ACTIVE) and in Redis, then announce it. Only one
+    of the category's own versions, intact, is published (BankError otherwise, and nothing is recorded)."""
+    bankfmt.verify_version(banks, category, version, "to publish")
     bankfmt.set_active(banks, category, version)
     pipe = client.pipeline()
     pipe.hset(ACTIVE_KEY, category, version)
@@ -46,10 +47,19 @@ def active_versions(client) -> dict[str, str]:
 
 
 def seed_missing(client, banks: Path) -> dict[str, str]:
-    """Record the local ACTIVE version of every category Redis does not know (after a flush or a restart)."""
+    """Record the local ACTIVE version of every category Redis does not know (after a flush or a restart). An
+    ACTIVE naming anything but one of the category's versions is not recorded (it is reported when the
+    category's bank loads)."""
+    known = active_versions(client)
     seeded = {}
     for category in bankfmt.list_categories(banks):
-        version = bankfmt.active_version(banks, category)
+        if category in known:
+            continue
+        try:
+            version = bankfmt.active_version(banks, category)
+        except BankError as exc:
+            log.debug("not seeding %s into the Redis registry: %s", category, exc)
+            continue
         if version and client.hsetnx(ACTIVE_KEY, category, version):
             seeded[category] = version
     if seeded:
@@ -61,7 +71,7 @@ def evaluation_of(banks: Path, category: str, version: str | None) -> bankfmt.Ev
     if version is None:
         return None
     try:
-        return bankfmt.read_manifest(Path(banks) / category / version).evaluation
+        return bankfmt.read_manifest(bankfmt.version_dir(banks, category, version)).evaluation
     except BankError:
         return None
 

@@ -21,8 +21,8 @@ import hashlib
 import json
 import os
 import re
+import secrets
 import shutil
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -33,12 +33,14 @@ from typing import TypeVar
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from patchbank.clouds import Intrinsics
 from patchbank.coreset import CoresetSpec
 from patchbank.errors import BankError
 from patchbank.features.base import FeatureSpec
 from patchbank.fusion import Fusion
 from patchbank.index import PatchIndex
 from patchbank.rules import Scoring
+from patchbank.units import CloudScale
 from patchbank.weights import WeightsIdentity, sha256_file
 
 FORMAT_VERSION = 3  # 3: a feature spec names its "extractor" (2 said "method"; read as before)
@@ -47,8 +49,8 @@ MANIFEST = "manifest.json"
 MANIFEST_SUM = "manifest.sha256"
 INDEX_FILE = "index.faiss"
 ACTIVE = "ACTIVE"
-VERSION_RE = re.compile(r"^v(\d{4,})$")
-CATEGORY_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+VERSION_RE = re.compile(r"^v([0-9]{4,})\Z")  # \Z: "v0001\n" is no version name
+CATEGORY_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}\Z")
 T = TypeVar("T", float, "np.ndarray")
 LIBRARIES = ("patchbank", "torch", "timm", "faiss-cpu", "faiss-gpu", "open3d", "numpy", "scikit-learn")
 
@@ -232,6 +234,12 @@ class Manifest(BaseModel):
     libraries: dict[str, str] = Field(description="versions of the libraries the bank was built with")
     files: dict[str, str] = Field(default_factory=dict, description="sha256 of each file in the version dir")
     parent: str | None = Field(None, description="the version this one was derived from (recalibration)")
+    cloud_scale: CloudScale | None = Field(
+        None, description="scale of the training clouds; samples sent without a unit are checked against it"
+    )
+    intrinsics: Intrinsics | None = Field(
+        None, description="the category's depth camera: a depth image sent without intrinsics uses these"
+    )
 
 
 def library_versions() -> dict[str, str]:
@@ -255,11 +263,18 @@ def check_category(name: str) -> str:
 
 
 def versions(banks: Path, category: str) -> list[str]:
-    """Written versions of a category, oldest first."""
+    """Written versions of a category, oldest first (a version directory linked from outside
+    ``BANKS/<category>/`` is none of them)."""
     cat = Path(banks) / check_category(category)
     if not cat.is_dir():
         return []
-    return sorted((p.name for p in cat.iterdir() if p.is_dir() and VERSION_RE.match(p.name)), key=_vnum)
+    home = cat.resolve()
+    found = (
+        p.name
+        for p in cat.iterdir()
+        if VERSION_RE.match(p.name) and p.is_dir() and p.resolve().parent == home
+    )
+    return sorted(found, key=_vnum)
 
 
 def _vnum(version: str) -> int:
@@ -267,22 +282,72 @@ def _vnum(version: str) -> int:
     return int(m.group(1)) if m else -1
 
 
+def _shown(category: str, version: str) -> str:
+    """How a refusal names a version: relative to the banks directory (``'puck/../elsewhere'``), never the
+    server's own banks path; shortened and quoted, so whatever a registry holds prints on one line."""
+    name = version if os.path.isabs(version) else f"{category}/{version}"
+    return repr(name if len(name) <= 80 else name[:77] + "...")
+
+
+def version_dir(banks: Path, category: str, version: str, origin: str = "requested") -> Path:
+    """The directory of one of a category's versions. BankError unless ``version`` is a version name (vNNNN)
+    whose directory exists and, links resolved, lies directly in ``BANKS/<category>/``: a version named by
+    ACTIVE or by Redis is never a path. ``origin`` (e.g. "named in Redis") tells the refusal where the name
+    came from."""
+    cat = Path(banks) / check_category(category)
+    refused = f"bank version {_shown(category, version)} ({origin}) refused"
+    if not VERSION_RE.match(version):
+        raise BankError(f"{refused}: it is not a version name (vNNNN, e.g. v0001)")
+    vdir = cat / version
+    if not vdir.is_dir():
+        raise BankError(f"bank version {category}/{version} not found")
+    if vdir.resolve().parent != cat.resolve():
+        raise BankError(f"{refused}: its directory resolves outside {category}/")
+    return vdir
+
+
 def active_version(banks: Path, category: str) -> str | None:
+    """The version the category's ACTIVE file names, None without one. BankError when it names anything but one
+    of the category's versions (a path, a directory linked from elsewhere)."""
     path = Path(banks) / check_category(category) / ACTIVE
     if not path.is_file():
         return None
-    return path.read_text().strip() or None
+    with path.open("rb") as f:
+        version = f.read(256).decode("utf-8", "replace").strip()
+    if not version:
+        return None
+    version_dir(banks, category, version, f"named in {category}/{ACTIVE}")
+    return version
+
+
+def _create(parent: Path, prefix: str, directory: bool) -> Path:
+    """A new, uniquely named file or directory in ``parent`` with the permissions the process umask gives
+    (0666 / 0777 less the umask; tempfile's are 0600 / 0700 whatever the umask, which would keep the account
+    a service runs as from reading a bank another account built)."""
+    for _ in range(100):
+        path = parent / f"{prefix}{secrets.token_hex(6)}"
+        try:
+            if directory:
+                path.mkdir(0o777)
+            else:
+                os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+        except FileExistsError:
+            continue
+        return path
+    raise BankError(f"could not create a temporary {prefix}* entry next to the bank versions")
 
 
 def set_active(banks: Path, category: str, version: str) -> None:
-    """Point ACTIVE at an existing version (atomic replace)."""
+    """Point ACTIVE at an existing version of the category (atomic replace)."""
     cat = Path(banks) / check_category(category)
-    if not (cat / version).is_dir():
-        raise BankError(f"cannot activate {category}/{version}: {cat / version} does not exist")
-    fd, tmp = tempfile.mkstemp(dir=cat, prefix=".ACTIVE.")
-    with os.fdopen(fd, "w") as f:
-        f.write(version + "\n")
-    os.replace(tmp, cat / ACTIVE)
+    version_dir(banks, category, version, "to activate")
+    tmp = _create(cat, ".ACTIVE.", directory=False)
+    try:
+        tmp.write_text(version + "\n")
+        os.replace(tmp, cat / ACTIVE)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def list_categories(banks: Path) -> list[str]:
@@ -309,7 +374,7 @@ def write_version(
     """
     cat = Path(banks) / check_category(manifest.category)
     cat.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=cat, prefix=".tmp-"))
+    tmp = _create(cat, ".tmp-", directory=True)
     try:
         write_files(tmp)
         files = {p.name: sha256_file(p) for p in sorted(tmp.iterdir()) if p.is_file()}
@@ -369,19 +434,24 @@ class Bank:
 
 def read_manifest(version_dir: Path) -> Manifest:
     """Parse and verify a version's manifest (its own checksum first)."""
+    where = f"{version_dir.parent.name}/{version_dir.name}"  # banks-relative: messages reach API clients
     mpath, spath = version_dir / MANIFEST, version_dir / MANIFEST_SUM
     if not mpath.is_file() or not spath.is_file():
-        raise BankError(f"{version_dir} is not a bank version (no {MANIFEST} / {MANIFEST_SUM})")
+        raise BankError(f"{where} is not a bank version (no {MANIFEST} / {MANIFEST_SUM})")
+    home = version_dir.resolve()
+    if mpath.resolve().parent != home or spath.resolve().parent != home:
+        raise BankError(f"{where}: {MANIFEST} or {MANIFEST_SUM} resolves outside the version")
     raw = mpath.read_bytes()
     if hashlib.sha256(raw).hexdigest() != spath.read_text().strip():
-        raise BankError(f"{mpath} is corrupt: its sha256 does not match {MANIFEST_SUM}")
+        raise BankError(f"{where}/{MANIFEST} is corrupt: its sha256 does not match {MANIFEST_SUM}")
     try:
         data = json.loads(raw)
-    except json.JSONDecodeError as exc:
-        raise BankError(f"{mpath} is not valid JSON: {exc}") from exc
-    if data.get("format_version") not in READABLE_FORMATS:
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise BankError(f"{where}/{MANIFEST} is not valid JSON: {exc}") from exc
+    if not isinstance(data, dict) or data.get("format_version") not in READABLE_FORMATS:
+        found = data.get("format_version") if isinstance(data, dict) else None
         raise BankError(
-            f"{mpath} has bank format {data.get('format_version')!r}; this patchbank reads formats "
+            f"{where}/{MANIFEST} has bank format {found!r}; this patchbank reads formats "
             f"{', '.join(map(str, READABLE_FORMATS))}"
         )
     if data["format_version"] == 1:
@@ -389,30 +459,64 @@ def read_manifest(version_dir: Path) -> Manifest:
     try:
         return Manifest.model_validate(data)
     except ValidationError as exc:
-        raise BankError(f"{mpath} does not match the manifest schema: {exc.errors()[0]['msg']}") from exc
+        raise BankError(
+            f"{where}/{MANIFEST} does not match the manifest schema: {exc.errors()[0]['msg']}"
+        ) from exc
 
 
-def load_bank(banks: Path, category: str, version: str | None = None, device: str = "cpu") -> Bank:
-    """Load a version (the active one by default), verifying every checksum and the manifest."""
-    cat = Path(banks) / check_category(category)
+def _plain_file_name(name: str) -> bool:
+    """A file directly in the version directory: no path, no '.' or '..'."""
+    return name not in ("", ".", "..") and not any(c in name for c in "/\\\0")
+
+
+def verify_version(
+    banks: Path, category: str, version: str, origin: str = "requested"
+) -> tuple[Path, Manifest]:
+    """Everything ``load_bank`` checks before it reads an index: the version lies in ``BANKS/<category>/``
+    (:func:`version_dir`), its manifest is intact and names this version, and every file the loader opens is
+    a plain file name listed in the manifest's ``files`` whose sha256 matches. Returns the directory and the
+    manifest."""
+    vdir = version_dir(banks, category, version, origin)
+    ref = f"{category}/{version}"
+    manifest = read_manifest(vdir)
+    if manifest.category != category or manifest.version != version:
+        raise BankError(f"{ref} holds {manifest.category}/{manifest.version}, not {ref}")
+    for member in manifest.members:
+        if not _plain_file_name(member.index_file):
+            raise BankError(f"bank {ref} refused: index file {member.index_file!r} is not a plain file name")
+        if member.index_file not in manifest.files:
+            raise BankError(
+                f"bank {ref} refused: index file {member.index_file!r} is not among the manifest's "
+                "checksummed files"
+            )
+    home = vdir.resolve()
+    for name, digest in manifest.files.items():
+        if not _plain_file_name(name):
+            raise BankError(f"bank {ref} refused: listed file {name!r} is not a plain file name")
+        path = vdir / name
+        if not path.is_file():
+            raise BankError(f"bank {ref} is incomplete: {name} is missing")
+        if path.resolve().parent != home:
+            raise BankError(f"bank {ref} refused: {name} resolves outside the version")
+        if sha256_file(path) != digest:
+            raise BankError(f"bank {ref} is corrupt: {name} does not match its sha256")
+    return vdir, manifest
+
+
+def load_bank(
+    banks: Path, category: str, version: str | None = None, device: str = "cpu", origin: str | None = None
+) -> Bank:
+    """Load a version (the active one by default), verifying where it lies, every checksum and the manifest
+    (:func:`verify_version`). ``origin`` (e.g. "named in Redis") tells a refusal where the version came from."""
+    check_category(category)
     if version is None:
         version = active_version(banks, category)
         if version is None:
             raise BankError(
-                f"no bank for category {category!r}: {cat / ACTIVE} not found (run build-bank first)"
+                f"no bank for category {category!r}: {category}/{ACTIVE} not found (run build-bank first)"
             )
-    vdir = cat / version
-    if not vdir.is_dir():
-        raise BankError(f"bank version {category}/{version} not found at {vdir}")
-    manifest = read_manifest(vdir)
-    if manifest.category != category or manifest.version != version:
-        raise BankError(f"{vdir} holds {manifest.category}/{manifest.version}, not {category}/{version}")
-    for name, digest in manifest.files.items():
-        path = vdir / name
-        if not path.is_file():
-            raise BankError(f"bank {category}/{version} is incomplete: {path} is missing")
-        if sha256_file(path) != digest:
-            raise BankError(f"bank {category}/{version} is corrupt: {path} does not match its sha256")
+        origin = origin or f"named in {category}/{ACTIVE}"
+    vdir, manifest = verify_version(banks, category, version, origin or "requested")
     indices = []
     for member in manifest.members:
         index = PatchIndex.load(vdir / member.index_file, kind=member.index_kind, device=device)

@@ -48,6 +48,8 @@ ENGINE_MODULES = frozenset(
         "prometheus_client",
         "redis",
         "starlette",
+        "plyfile",
+        "pypcd4",
     ]
 )
 ENGINE_HINT = "pip install 'patchbank[engine]'"

@@ -4,6 +4,10 @@
 defect name. RGB is any size (not necessarily square); xyz is an organized point cloud, H x W x 3 float32 in
 metres with (0, 0, 0) for missing points; gt is an 8-bit PNG where any value > 0 is anomalous (MVTec 3D-AD
 stores the defect class as 253-255). Good samples without gt files get all-zero masks.
+
+An xyz file may be any format :mod:`patchbank.clouds` reads (``.tiff``, ``.npy``, ``.ply``, ``.pcd``, or a
+depth image ``.png`` / ``.tiff``), in metres. Depth images need the camera: ``ROOT/<category>/intrinsics.json``
+(:class:`patchbank.clouds.Intrinsics`), which every sample of the category carries.
 """
 
 from __future__ import annotations
@@ -14,20 +18,23 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import tifffile
 from PIL import Image, UnidentifiedImageError
 
-from patchbank.errors import DataError
+from patchbank.cloud_formats import SUFFIXES, UnreadableCloud
+from patchbank.clouds import Intrinsics, decode_cloud, organized
+from patchbank.errors import DataError, InputError
 
 SPLITS = ("train", "validation", "test")
 GOOD = "good"
 RGB_SUFFIXES = (".png", ".jpg", ".jpeg")
-XYZ_SUFFIXES = (".tiff", ".tif")
+XYZ_SUFFIXES = tuple(SUFFIXES)  # every point cloud format patchbank.clouds reads
+INTRINSICS_FILE = "intrinsics.json"  # a category's camera, for depth images
 
 
 @dataclass(frozen=True)
 class SampleRef:
-    """Where one sample lives on disk. ``gt`` is None for good samples without a mask file."""
+    """Where one sample lives on disk. ``gt`` is None for good samples without a mask file; ``intrinsics``:
+    the category's camera (for depth images), None when the dataset has none."""
 
     category: str
     split: str
@@ -35,6 +42,7 @@ class SampleRef:
     rgb: Path
     xyz: Path
     gt: Path | None
+    intrinsics: Intrinsics | None = None
 
     @property
     def label(self) -> int:
@@ -69,10 +77,26 @@ def has_split(root: Path, category: str, split: str) -> bool:
     )
 
 
+def category_intrinsics(root: Path, category: str) -> Intrinsics | None:
+    """The category's ``intrinsics.json``, None when there is none; DataError naming it when it is wrong."""
+    path = Path(root) / category / INTRINSICS_FILE
+    if not path.is_file():
+        return None
+    try:
+        return Intrinsics.from_file(path)
+    except InputError as exc:
+        raise DataError(str(exc)) from exc
+
+
 def list_samples(
-    root: Path, category: str, split: str, kinds: Iterable[str] | None = None
+    root: Path,
+    category: str,
+    split: str,
+    kinds: Iterable[str] | None = None,
+    intrinsics: Intrinsics | None = None,
 ) -> list[SampleRef]:
-    """Every sample of one split, good first then defect kinds in name order, files in name order.
+    """Every sample of one split, good first then defect kinds in name order, files in name order; each
+    carries ``intrinsics``, else the category's ``intrinsics.json`` (for depth images).
 
     Raises DataError naming the path for a missing category or split, an empty split, or a kind whose rgb and
     xyz counts (or names) do not match.
@@ -85,15 +109,18 @@ def list_samples(
     present = sorted(d.name for d in split_dir.iterdir() if d.is_dir())
     wanted = present if kinds is None else [k for k in kinds if k in present]
     wanted.sort(key=lambda k: (k != GOOD, k))
+    camera = intrinsics or category_intrinsics(root, category)
     samples: list[SampleRef] = []
     for kind in wanted:
-        samples.extend(_kind_samples(category, split, split_dir / kind))
+        samples.extend(_kind_samples(category, split, split_dir / kind, camera))
     if not samples:
         raise DataError(f"split {split!r} of category {category!r} is empty: no rgb images under {split_dir}")
     return samples
 
 
-def _kind_samples(category: str, split: str, kind_dir: Path) -> list[SampleRef]:
+def _kind_samples(
+    category: str, split: str, kind_dir: Path, intrinsics: Intrinsics | None
+) -> list[SampleRef]:
     rgbs = _files(kind_dir / "rgb", RGB_SUFFIXES)
     xyzs = _files(kind_dir / "xyz", XYZ_SUFFIXES)
     if len(rgbs) != len(xyzs):
@@ -111,7 +138,7 @@ def _kind_samples(category: str, split: str, kind_dir: Path) -> list[SampleRef]:
             raise DataError(
                 f"{kind_dir}: defect sample {rgb.name} has no ground-truth mask gt/{rgb.stem}.png"
             )
-        samples.append(SampleRef(category, split, kind, rgb, xyz, gt))
+        samples.append(SampleRef(category, split, kind, rgb, xyz, gt, intrinsics))
     return samples
 
 
@@ -124,27 +151,27 @@ def read_rgb(path: Path) -> Image.Image:
         raise DataError(f"cannot read RGB image {path}: {exc}") from exc
 
 
-def read_xyz(path: Path) -> np.ndarray:
-    """The organized point cloud: (H, W, 3) float32, metres, (0, 0, 0) = no measurement."""
+def read_xyz(path: Path, intrinsics: Intrinsics | None = None) -> np.ndarray:
+    """The organized point cloud in any format :mod:`patchbank.clouds` reads (a depth image with
+    ``intrinsics``): (H, W, 3) float32, metres, (0, 0, 0) = no measurement. DataError naming the file."""
     try:
-        xyz = tifffile.imread(path)
-    except Exception as exc:  # tifffile raises many types for corrupt files
-        raise DataError(f"cannot read xyz TIFF {path}: {exc}") from exc
-    return check_xyz(xyz, str(path))
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise DataError(f"cannot read xyz {path}: {exc.strerror}") from exc
+    try:
+        return decode_cloud(data, Path(path).name, str(path), max_pixels=2**62, intrinsics=intrinsics)
+    except UnreadableCloud as exc:
+        raise DataError(f"cannot read xyz {exc.kind} {path}: {exc.reason}") from exc
+    except InputError as exc:
+        raise DataError(str(exc)) from exc
 
 
 def check_xyz(xyz: np.ndarray, where: str) -> np.ndarray:
     """Validate an organized cloud's shape and type; non-finite points become missing (0, 0, 0)."""
-    if xyz.ndim != 3 or xyz.shape[2] != 3 or xyz.shape[0] < 2 or xyz.shape[1] < 2:
-        raise DataError(f"{where}: xyz must be an H x W x 3 organized point cloud, got shape {xyz.shape}")
-    if not np.issubdtype(xyz.dtype, np.floating):
-        raise DataError(f"{where}: xyz must hold float coordinates in metres, got dtype {xyz.dtype}")
-    xyz = xyz.astype(np.float32, copy=False)
-    if np.isfinite(xyz).all():  # the common case, one fast pass
-        return xyz
-    xyz = xyz.copy()
-    xyz[~np.isfinite(xyz).all(axis=2)] = 0.0
-    return xyz
+    try:
+        return organized(xyz, where)
+    except InputError as exc:
+        raise DataError(str(exc)) from exc
 
 
 def read_mask(ref: SampleRef, shape: tuple[int, int]) -> np.ndarray:

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from patchbank import bank as bankfmt
-from patchbank.errors import NotFoundError, PatchbankError
+from patchbank.errors import NotFoundError, PatchbankError, shorten
 from patchbank.features import FeatureExtractor
 from patchbank.preprocess import Prepared
 from patchbank.scorer import BankScorer, member_extractor, recorded_spec
@@ -30,28 +30,46 @@ class LoadedBanks:
         self._scorers: dict[str, BankScorer] = {}
         self._extractors: dict[str, FeatureExtractor] = {}
         self._lock = threading.Lock()
-        self.errors: dict[str, str] = {}
+        self._errors: dict[str, str] = {}
 
     def load_all(self) -> dict[str, str]:
-        """Load the active bank of every category; returns {category: error} for those skipped."""
+        """Load the active bank of every category; returns {category: error} for those skipped (a refused
+        ACTIVE among them: the other categories load)."""
         for category in bankfmt.list_categories(self.banks):
             try:
                 self.reload(category)
             except PatchbankError as exc:
-                self.errors[category] = str(exc)
                 log.error("skipping bank %s: %s", category, exc)
-        return dict(self.errors)
+        return self.errors
 
-    def reload(self, category: str, version: str | None = None) -> BankScorer:
-        """Load (or re-load) a category's bank and swap it in; the old one keeps serving on failure."""
-        bank = bankfmt.load_bank(self.banks, category, version, device=self.device)
-        scorer = BankScorer(bank, [self._extractor_for(m) for m in bank.manifest.members])
+    def reload(self, category: str, version: str | None = None, origin: str | None = None) -> BankScorer:
+        """Load (or re-load) a category's bank and swap it in; the old one keeps serving on failure, and the
+        failure stays in ``errors`` until a version of the category loads. ``origin`` (e.g. "named in Redis")
+        tells a refusal where the version came from."""
+        try:
+            bank = bankfmt.load_bank(self.banks, category, version, device=self.device, origin=origin)
+            scorer = BankScorer(bank, [self._extractor_for(m) for m in bank.manifest.members])
+        except PatchbankError as exc:
+            with self._lock:
+                self._errors[category] = str(exc)
+            raise
         with self._lock:
             self._scorers[category] = scorer
-            self.errors.pop(category, None)
+            self._errors.pop(category, None)
         sizes = "+".join(str(len(ix)) for ix in bank.indices)
         log.info("loaded bank %s (%s, %s vectors)", bank.ref, bank.manifest.method, sizes)
         return scorer
+
+    @property
+    def errors(self) -> dict[str, str]:
+        """{category: why its bank is not loaded, or why the version asked for was refused} (a snapshot)."""
+        with self._lock:
+            return dict(self._errors)
+
+    def clear_error(self, category: str) -> None:
+        """Forget a category's load failure (the version it was asked to serve is the one it serves)."""
+        with self._lock:
+            self._errors.pop(category, None)
 
     def _extractor_for(self, member: bankfmt.Member) -> FeatureExtractor:
         key = recorded_spec(member).model_dump_json() + "|" + (member.weights.params_sha256 or "")
@@ -68,7 +86,8 @@ class LoadedBanks:
             scorer = self._scorers.get(category)
         if scorer is None:
             known = ", ".join(self.categories()) or "none loaded"
-            raise NotFoundError(f"unknown category {category!r} (loaded: {known})")
+            what = f"unknown category {shorten(category)}" if category else "no category given"
+            raise NotFoundError(f"{what} (loaded: {known})")
         return scorer
 
     def version_of(self, category: str) -> str | None:

@@ -18,17 +18,25 @@ import numpy as np
 from pydantic import BaseModel, Field
 from tqdm.auto import tqdm
 
+from patchbank.cloud_formats import check_min_side
+from patchbank.clouds import Intrinsics, XyzUnit, read_cloud, to_xyz
 from patchbank.data import SampleRef
-from patchbank.decode import DEFAULT_MAX_PIXELS, check_pair, decode_rgb, decode_xyz
+from patchbank.decode import DEFAULT_MAX_PIXELS, check_pair, decode_rgb
 from patchbank.errors import DataError, InputError
 from patchbank.preprocess import DEFAULT_MAX_MAP_SIDE, Prepared, prepare
 from patchbank.regions import Region, find_regions
 from patchbank.scorer import BankScorer, resize_map
+from patchbank.units import CloudScale, check_scale
 
 
 @dataclass(frozen=True)
 class Sample:
-    """One sample as a line sends it: the bytes of both files; the xyz file's name picks its codec."""
+    """One sample as a line sends it: the bytes of both files; the xyz file's bytes (else its name) pick
+    its format (:mod:`patchbank.clouds`).
+
+    ``intrinsics``: the camera of a depth image (else the bank's); ``xyz_unit``: the unit of an xyz cloud's
+    coordinates, converted to metres (not for depth images, whose intrinsics' depth_scale gives metres).
+    Without a unit the cloud is read as metres and checked against the bank's training clouds' scale."""
 
     rgb: bytes
     xyz: bytes
@@ -36,17 +44,34 @@ class Sample:
     sample_id: str | None = None
     fields: tuple[str, str] = ("rgb", "xyz")  # how errors name the two inputs (form fields, or file paths)
     max_pixels: int = DEFAULT_MAX_PIXELS  # decoded pixels either input may have (413 above)
+    intrinsics: Intrinsics | None = None
+    xyz_unit: XyzUnit | None = None
 
     @classmethod
     def from_ref(cls, ref: SampleRef) -> Sample:
-        """A dataset sample read from disk; errors name its files."""
+        """A dataset sample read from disk (in metres, with its category's intrinsics); errors name its
+        files."""
         rgb, xyz = ref.rgb.read_bytes(), ref.xyz.read_bytes()
-        return cls(rgb, xyz, ref.xyz.name, ref.name, (str(ref.rgb), str(ref.xyz)))
+        return cls(rgb, xyz, ref.xyz.name, ref.name, (str(ref.rgb), str(ref.xyz)), intrinsics=ref.intrinsics)
 
-    def prepare(self, size: int) -> Prepared:
-        """Decode both inputs, check that they belong together, and prepare them at ``size``."""
+    def cloud(self, intrinsics: Intrinsics | None = None, scale: CloudScale | None = None) -> np.ndarray:
+        """The xyz as (H, W, 3) float32 metres. ``intrinsics``: the bank's, for a depth image sent without
+        its own; ``scale``: the bank's training clouds', checked when no ``xyz_unit`` was given."""
+        field = self.fields[1]
+        decoded = read_cloud(self.xyz, self.xyz_name, field, self.max_pixels)
+        check_min_side(decoded.array.shape[1], decoded.array.shape[0], field)
+        xyz = to_xyz(decoded, field, self.intrinsics or intrinsics, self.xyz_unit)
+        if scale is not None and self.xyz_unit is None:
+            check_scale(xyz, scale, field, depth_image=decoded.kind == "depth")
+        return xyz
+
+    def prepare(
+        self, size: int, intrinsics: Intrinsics | None = None, scale: CloudScale | None = None
+    ) -> Prepared:
+        """Decode both inputs, check that they belong together, and prepare them at ``size``;
+        ``intrinsics`` and ``scale``: the bank's (see :meth:`cloud`)."""
         image = decode_rgb(self.rgb, self.fields[0], self.max_pixels)
-        xyz = decode_xyz(self.xyz, self.xyz_name, self.fields[1], self.max_pixels)
+        xyz = self.cloud(intrinsics, scale)
         check_pair(image, xyz, self.fields)
         return prepare(image, xyz, size)
 
@@ -106,11 +131,12 @@ def predict(
     each input's resolution (at most ``max_map_side`` on its longer side, :func:`map_size`) and its regions,
     in the input's pixels. The first bad sample raises its InputError (naming it when there are several)."""
     t0 = time.perf_counter()
+    manifest = scorer.bank.manifest
     prepared = []
     for i, s in enumerate(samples):
         if len(samples) > 1 and s.fields == Sample.fields:  # form fields: say which sample of the batch
             s = dataclasses.replace(s, fields=(f"rgb[{i}]", f"xyz[{i}]"))
-        prepared.append(s.prepare(scorer.image_size))
+        prepared.append(s.prepare(scorer.image_size, manifest.intrinsics, manifest.cloud_scale))
     ids = [s.sample_id for s in samples]
     return predict_prepared(scorer, prepared, ids, full_maps, _ms(t0), max_map_side)
 

@@ -1,15 +1,16 @@
 """The FastAPI app: thin routes over shared state (settings, loaded banks, metrics) given as dependencies.
 
 Errors are typed exceptions (the :class:`PatchbankError` family) mapped to status codes in one place.
-Scoring runs in worker threads (never on the event loop), at most ``concurrency`` at once with at most
-``queue_size`` samples waiting; beyond that the answer is 503 with ``Retry-After``. Concurrent single-sample
-requests for one bank are batched (``max_batch``, see :mod:`patchbank_service.batching`).
+Scoring runs in worker threads (never on the event loop), at most ``concurrency`` samples at once with at
+most ``queue_size`` waiting; every sample of a batch counts, and a request that cannot be admitted whole is
+answered 503 with ``Retry-After`` at once. Concurrent single-sample requests for one bank are batched
+(``max_batch``, see :mod:`patchbank_service.batching`). API keys and the body's size are checked before the
+body is read (:mod:`patchbank_service.limits`).
 """
 
 from __future__ import annotations
 
 import asyncio
-import hmac
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -21,9 +22,12 @@ import anyio
 from fastapi import Depends, FastAPI, File, Form, Header, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from fastapi.security import APIKeyHeader
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import Field
 
 from patchbank import bank as bankfmt
+from patchbank.clouds import Intrinsics, XyzUnit
 from patchbank.config import require, weights_override
 from patchbank.errors import (
     BankError,
@@ -32,13 +36,15 @@ from patchbank.errors import (
     PatchbankError,
     PayloadTooLargeError,
     WeightsError,
+    redact,
 )
 from patchbank.loaded import LoadedBanks
 from patchbank.predict import Sample
 from patchbank.scorer import BankScorer
 from patchbank_service.batching import Batcher
-from patchbank_service.limits import BodyLimit
+from patchbank_service.limits import BodyLimit, KeyGate, key_ok
 from patchbank_service.models import (
+    MAX_SAMPLE_ID,
     BatchResponse,
     CategoriesResponse,
     CategoryInfo,
@@ -126,6 +132,26 @@ class State:
         self.ready = True
         log.info("ready", extra={"categories": self.loaded.categories(), "errors": self.loaded.errors})
 
+    def unready_reasons(self) -> list[str]:
+        """Why this replica cannot take traffic: still loading, no bank loaded, a required bank missing."""
+        if not self.ready:
+            return ["banks are still loading"]
+        loaded, errors = self.loaded.categories(), self.errors()
+        failed = (
+            f"{len(errors)} failed to load, see /categories" if errors else "the banks directory has none"
+        )
+        reasons = [] if loaded else [f"no bank is loaded ({failed})"]
+        for category in self.settings.required_categories:
+            if category not in loaded:
+                why = errors.get(category, "no bank for it under the banks directory")
+                reasons.append(f"required category {category} is not loaded: {why}")
+        return reasons
+
+    def errors(self) -> dict[str, str]:
+        """The banks that failed to load and why, fit for a client (paths relative to the banks directory)."""
+        root = str(self.loaded.banks.resolve())
+        return {category: redact(why, root) for category, why in self.loaded.errors.items()}
+
     def scorer(self, category: str) -> BankScorer:
         """The category's scorer; 503 while banks are still loading (not a misleading 404)."""
         if not self.ready:
@@ -133,26 +159,26 @@ class State:
         return self.loaded.get(category)
 
     @contextmanager
-    def admit(self) -> Iterator[None]:
-        """Count one sample in for as long as it runs or waits; refuse at once when the queue is full."""
-        if self.admitted >= self.settings.concurrency + self.settings.queue_size:
+    def admit(self, samples: int = 1) -> Iterator[None]:
+        """Count ``samples`` in for as long as they run or wait; refuse at once when they do not all fit."""
+        capacity = self.settings.concurrency + self.settings.queue_size
+        if self.admitted + samples > capacity:
             self.metrics.rejected.inc()
-            raise Busy(f"scoring queue is full ({self.admitted} samples admitted); retry shortly")
-        self.admitted += 1
+            raise Busy(
+                f"scoring queue is full ({self.admitted} of {capacity} samples admitted, {samples} asked); "
+                "retry shortly"
+            )
+        self.admitted += samples
         self.metrics.queue_depth.set(self.admitted)
         try:
             yield
         finally:
-            self.admitted -= 1
+            self.admitted -= samples
             self.metrics.queue_depth.set(self.admitted)
 
     async def in_thread(self, fn: Callable[..., T], *args: Any) -> T:
         """Run CPU/GPU work in a worker thread, at most ``concurrency`` at once."""
         return await anyio.to_thread.run_sync(partial(fn, *args), limiter=self.limiter)
-
-    async def run(self, fn: Callable[..., T], *args: Any) -> T:
-        with self.admit():
-            return await self.in_thread(fn, *args)
 
     async def score_one(self, scorer: BankScorer, upload: Sample, fmt: MapFormat) -> ScoreResponse:
         """One sample, batched with concurrent requests for the same bank when ``max_batch`` > 1."""
@@ -170,17 +196,21 @@ def get_state(request: Request) -> State:
 StateDep = Annotated[State, Depends(get_state)]
 
 
-def _key_ok(given: str | None, keys: list[str]) -> bool:
-    ok = False
-    for key in keys:  # compare with every key, in constant time each: no early exit
-        ok |= hmac.compare_digest((given or "").encode(), key.encode())
-    return ok
+XYZ_HELP = (
+    "organized point cloud: xyz TIFF or .npy (H x W x 3, metres unless xyz_unit), organized PLY or PCD, or a "
+    "depth image (16-bit PNG, float TIFF, H x W .npy) with intrinsics"
+)
+UNIT_HELP = "unit of an xyz cloud's coordinates: m (default), mm or um; converted to metres"
+INTRINSICS_HELP = (
+    'a depth image\'s camera as JSON, e.g. {"fx": 240, "fy": 240, "cx": 79.5, "cy": 59.5, "depth_scale": '
+    "0.001}; default: the intrinsics stored in the bank"
+)
+MAX_INTRINSICS = 1000  # characters of the intrinsics JSON
 
-
-def require_key(state: StateDep, x_api_key: Annotated[str | None, Header()] = None) -> None:
-    keys = state.settings.api_keys
-    if keys and not _key_ok(x_api_key, keys):
-        raise Unauthorized("missing or invalid API key (X-API-Key header)")
+# Paths that need no API key. Every other path is checked by KeyGate from the headers alone, before the body
+# is read; the routes name the header (``api_key``) so that the API docs show it and offer to send it.
+PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/docs", "/docs/oauth2-redirect", "/redoc"})
+api_key = APIKeyHeader(name="X-API-Key", auto_error=False, description="needed when API keys are set")
 
 
 def require_admin(state: StateDep, x_api_key: Annotated[str | None, Header()] = None) -> None:
@@ -193,7 +223,7 @@ def require_admin(state: StateDep, x_api_key: Annotated[str | None, Header()] = 
             "admin routes are closed: set PATCHBANK_ADMIN_KEYS (or PATCHBANK_API_KEYS) and send one as "
             "X-API-Key, or set PATCHBANK_OPEN_ADMIN=true on a trusted network"
         )
-    if not _key_ok(x_api_key, keys):
+    if not key_ok(x_api_key, keys):
         raise Unauthorized("reloading a bank needs an admin API key (X-API-Key header)")
 
 
@@ -246,6 +276,8 @@ def create_app(settings: ServiceSettings | None = None, loaded: LoadedBanks | No
     )
     app.state.patchbank = state
     app.add_middleware(BodyLimit, limit=settings.max_upload_bytes)
+    keys = list(dict.fromkeys(settings.api_keys + settings.admins))  # an admin key may also score
+    app.add_middleware(KeyGate, keys=keys, public=PUBLIC_PATHS | {"/openapi.json"})
     _install_handlers(app, state)
     _install_routes(app)
     return app
@@ -256,7 +288,8 @@ def _install_handlers(app: FastAPI, state: State) -> None:
     async def product_error(request: Request, exc: PatchbankError) -> JSONResponse:
         status = next(code for cls, code in STATUS if isinstance(exc, cls))
         headers = {"Retry-After": "1"} if status == 503 else None
-        return JSONResponse({"detail": str(exc)}, status_code=status, headers=headers)
+        detail = redact(str(exc), str(state.loaded.banks.resolve()))
+        return JSONResponse({"detail": detail}, status_code=status, headers=headers)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -278,77 +311,113 @@ def _install_handlers(app: FastAPI, state: State) -> None:
 
 
 def _install_routes(app: FastAPI) -> None:
-    @app.post("/score", response_model=ScoreResponse, dependencies=[Depends(require_key)], tags=["scoring"])
+    @app.post("/score", response_model=ScoreResponse, dependencies=[Depends(api_key)], tags=["scoring"])
     async def score(
         state: StateDep,
-        category: Annotated[str, Form(description="category of the part, e.g. cable_gland")],
+        request: Request,
         rgb: Annotated[UploadFile, File(description="RGB image: PNG, JPEG or TIFF")],
-        xyz: Annotated[
-            UploadFile, File(description="organized point cloud: TIFF or .npy, H x W x 3 float32, m")
-        ],
+        xyz: Annotated[UploadFile, File(description=XYZ_HELP)],
+        category: Annotated[str | None, Form(description="category of the part, e.g. cable_gland")] = None,
+        xyz_unit: Annotated[XyzUnit | None, Form(description=UNIT_HELP)] = None,
+        intrinsics: Annotated[
+            str | None, Form(max_length=MAX_INTRINSICS, description=INTRINSICS_HELP)
+        ] = None,
         map: Annotated[MapFormat | None, Form(description="none, png (heatmap) or array (float16)")] = None,
-        sample_id: Annotated[str | None, Form(description="the line's id of this part, echoed back")] = None,
+        sample_id: Annotated[
+            str | None, Form(max_length=MAX_SAMPLE_ID, description="the line's id of this part, echoed back")
+        ] = None,
         idempotency_key: Annotated[
-            str | None, Header(description="with Redis: a retry gets the same answer")
+            str | None,
+            Header(max_length=MAX_SAMPLE_ID, description="with Redis: a retry gets the same answer"),
         ] = None,
     ) -> Any:
         """Score one sample: image score, OK/NG decision, defect regions and the anomaly map."""
         start = time.perf_counter()
-        scorer = state.scorer(category)
+        await _sent_once(request, ("category", "rgb", "xyz", "map", "sample_id", "xyz_unit", "intrinsics"))
+        scorer = state.scorer(category or "")
+        camera = Intrinsics.from_json(intrinsics) if intrinsics else None
         upload = Sample(
-            await rgb.read(), await xyz.read(), xyz.filename, sample_id, max_pixels=state.settings.max_pixels
+            await rgb.read(),
+            await xyz.read(),
+            xyz.filename,
+            sample_id,
+            max_pixels=state.settings.max_pixels,
+            intrinsics=camera,
+            xyz_unit=xyz_unit,
         )
         fmt = map or state.settings.default_map
         digest = None
         if idempotency_key and state.replicas is not None:
-            digest = request_digest(category, fmt, sample_id, upload.rgb, upload.xyz)
-            stored = await state.replicas.recall(idempotency_key, digest)
+            name = scorer.bank.manifest.category
+            digest = request_digest(name, fmt, sample_id, xyz_unit, intrinsics, upload.rgb, upload.xyz)
+            stored = await state.replicas.recall(idempotency_key, digest, name, sample_id)
             if stored is not None:
-                return JSONResponse(stored)
+                return stored
         result = await state.score_one(scorer, upload, fmt)
         _observe(state, [result], start)
         if digest is not None and state.replicas is not None:
-            await state.replicas.remember(idempotency_key or "", digest, result.model_dump(mode="json"))
+            await state.replicas.remember(idempotency_key or "", digest, result)
         return result
 
-    @app.post(
-        "/score/batch", response_model=BatchResponse, dependencies=[Depends(require_key)], tags=["scoring"]
-    )
+    @app.post("/score/batch", response_model=BatchResponse, dependencies=[Depends(api_key)], tags=["scoring"])
     async def score_batch(
         state: StateDep,
-        category: Annotated[str, Form()],
+        request: Request,
         rgb: Annotated[list[UploadFile], File(description="RGB images, in order")],
         xyz: Annotated[list[UploadFile], File(description="point clouds, same count and order")],
+        category: Annotated[str | None, Form()] = None,
+        xyz_unit: Annotated[XyzUnit | None, Form(description="as for /score, for every sample")] = None,
+        intrinsics: Annotated[
+            str | None, Form(max_length=MAX_INTRINSICS, description="as for /score, for every sample")
+        ] = None,
         map: Annotated[MapFormat | None, Form()] = None,
-        sample_id: Annotated[list[str] | None, Form()] = None,
+        sample_id: Annotated[list[Annotated[str, Field(max_length=MAX_SAMPLE_ID)]] | None, Form()] = None,
     ) -> BatchResponse:
-        """Score several samples of one category in one request (one backbone pass); answers in order."""
+        """Score several samples of one category in one request (one backbone pass); answers in order. Every
+        sample counts against the scoring queue: a batch that does not fit whole is answered 503 at once."""
         start = time.perf_counter()
+        await _sent_once(request, ("category", "map", "xyz_unit", "intrinsics"))
         if len(rgb) != len(xyz):
             raise InputError(f"batch has {len(rgb)} rgb files but {len(xyz)} xyz files")
         if sample_id is not None and len(sample_id) != len(rgb):
             raise InputError(f"batch has {len(rgb)} samples but {len(sample_id)} sample_id values")
-        scorer = state.scorer(category)
-        ids = sample_id or [None] * len(rgb)
-        uploads = [
-            Sample(await r.read(), await x.read(), x.filename, i, max_pixels=state.settings.max_pixels)
-            for r, x, i in zip(rgb, xyz, ids, strict=True)
-        ]
-        state.metrics.batch_size.observe(len(uploads))
-        results = await state.run(state.score_samples, scorer, uploads, map or state.settings.default_map)
+        if len(rgb) > state.settings.batch_cap:
+            raise PayloadTooLargeError(
+                f"batch has {len(rgb)} samples; the limit is {state.settings.batch_cap} "
+                "(PATCHBANK_MAX_BATCH_SAMPLES): send them in several requests"
+            )
+        scorer = state.scorer(category or "")
+        camera = Intrinsics.from_json(intrinsics) if intrinsics else None
+        with state.admit(len(rgb)):
+            ids = sample_id or [None] * len(rgb)
+            uploads = [
+                Sample(
+                    await r.read(),
+                    await x.read(),
+                    x.filename,
+                    i,
+                    max_pixels=state.settings.max_pixels,
+                    intrinsics=camera,
+                    xyz_unit=xyz_unit,
+                )
+                for r, x, i in zip(rgb, xyz, ids, strict=True)
+            ]
+            state.metrics.batch_size.observe(len(uploads))
+            fmt = map or state.settings.default_map
+            results = await state.in_thread(state.score_samples, scorer, uploads, fmt)
         _observe(state, results, start)
         return BatchResponse(results=results)
 
     @app.get(
-        "/categories", response_model=CategoriesResponse, dependencies=[Depends(require_key)], tags=["banks"]
+        "/categories", response_model=CategoriesResponse, dependencies=[Depends(api_key)], tags=["banks"]
     )
     async def categories(state: StateDep) -> CategoriesResponse:
         """Every loaded category with its bank, and the banks that failed to load."""
         infos = [category_info(state.loaded.get(c)) for c in state.loaded.categories()]
-        return CategoriesResponse(categories=infos, errors=state.loaded.errors)
+        return CategoriesResponse(categories=infos, errors=state.errors())
 
     @app.get(
-        "/categories/{name}", response_model=CategoryInfo, dependencies=[Depends(require_key)], tags=["banks"]
+        "/categories/{name}", response_model=CategoryInfo, dependencies=[Depends(api_key)], tags=["banks"]
     )
     async def category(state: StateDep, name: str) -> CategoryInfo:
         """One loaded category: method, bank size, dimension, version, thresholds, evaluation figures."""
@@ -374,20 +443,32 @@ def _install_routes(app: FastAPI) -> None:
 
     @app.get("/readyz", response_model=Readiness, responses={503: {"model": Readiness}}, tags=["health"])
     async def readyz(state: StateDep) -> Any:
-        """Banks loaded and extractors warmed up: 200, else 503."""
+        """200 when this replica can score: its banks loaded, at least one, and every required one (setting
+        ``required_categories``); else 503 with the reasons. ``/healthz`` says only that it is alive."""
         replicas = state.replicas
+        reasons = state.unready_reasons()
         body = Readiness(
-            status="ready" if state.ready else "loading",
+            status="loading" if not state.ready else ("not ready" if reasons else "ready"),
             categories=state.loaded.categories(),
+            reasons=reasons,
             redis="off" if replicas is None else ("unreachable" if replicas.degraded else "ok"),
             degraded=replicas is not None and replicas.degraded,
         )
-        return JSONResponse(body.model_dump(), status_code=200 if state.ready else 503)
+        return JSONResponse(body.model_dump(), status_code=503 if body.status != "ready" else 200)
 
     @app.get("/metrics", response_class=PlainTextResponse, tags=["health"])
     async def metrics(state: StateDep) -> Response:
         """Prometheus metrics."""
         return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+
+async def _sent_once(request: Request, names: tuple[str, ...]) -> None:
+    """400 when a field that takes one value came more than once: a second ``rgb`` must not silently
+    replace the first (the form is parsed already; this reads FastAPI's parsed copy)."""
+    form = await request.form()
+    for name in names:
+        if (count := len(form.getlist(name))) > 1:
+            raise InputError(f"field {name} was sent {count} times; send it once")
 
 
 def _observe(state: State, results: list[ScoreResponse], start: float) -> None:

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
 
 from patchbank.cli import Command
 from patchbank.config import require
@@ -25,25 +28,32 @@ def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from patchbank_service.app import create_app
+    from patchbank_service.connections import server_config
     from patchbank_service.observability import configure_logging
     from patchbank_service.settings import ServiceSettings
 
     overrides = {k: v for k, v in (("banks", args.banks), ("device", args.device)) if v is not None}
-    settings = ServiceSettings(**overrides)
+    try:
+        settings = ServiceSettings(**overrides)
+    except ValidationError as exc:  # one line per wrong setting, no traceback
+        raise ConfigError("invalid settings: " + "; ".join(map(_setting_error, exc.errors()))) from exc
     banks = require(settings.banks, "banks directory", "--banks", "PATCHBANK_BANKS")
     if not banks.is_dir():
         raise ConfigError(f"banks directory {banks} does not exist")
     configure_logging(settings.log_json)  # only once the settings hold: errors stay one plain line
     app = create_app(settings)
-    uvicorn.run(
-        app,
-        host=args.host,
-        port=args.port,
-        timeout_graceful_shutdown=args.grace,
-        log_config=None,
-        access_log=False,
+    config = server_config(
+        app, args.host, args.port, timeout_graceful_shutdown=args.grace, log_config=None, access_log=False
     )
+    uvicorn.Server(config).run()
     return 0
+
+
+def _setting_error(error: Any) -> str:
+    """One pydantic error as the setting's environment variable and what is wrong with it."""
+    message = str(error["msg"]).removeprefix("Value error, ")
+    name = "_".join(map(str, error["loc"])).upper()
+    return f"PATCHBANK_{name}: {message}" if name else message
 
 
 SERVE = Command("serve", "serve every category's active bank over HTTP", _configure, _serve)

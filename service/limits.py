@@ -1,7 +1,9 @@
-"""Upload size limit as ASGI middleware: 413 before the body is parsed, with or without Content-Length."""
+"""What is checked before a request's body is read, as ASGI middleware: its size (413, with or without
+Content-Length) and its API key (401)."""
 
 from __future__ import annotations
 
+import hmac
 import json
 from typing import Any
 
@@ -51,11 +53,44 @@ class BodyLimit:
         await self.app(scope, replay, send)
 
     async def _too_large(self, send: Send) -> None:
-        mib = self.limit / (1024 * 1024)
-        body = json.dumps({"detail": f"upload too large: the limit is {mib:g} MiB"}).encode()
-        headers: list[Any] = [
-            (b"content-type", b"application/json"),
-            (b"content-length", str(len(body)).encode()),
-        ]
-        await send({"type": "http.response.start", "status": 413, "headers": headers})
-        await send({"type": "http.response.body", "body": body})
+        await send_json(send, 413, f"upload too large: the limit is {self.limit / (1024 * 1024):g} MiB")
+
+
+class KeyGate:
+    """API keys checked from the headers, before the body is read: an unauthenticated 60 MB upload costs
+    the server nothing. ``public`` paths (health, metrics, the API docs) need no key; with no key
+    configured every path is open."""
+
+    def __init__(self, app: ASGIApp, keys: list[str], public: frozenset[str]) -> None:
+        self.app = app
+        self.keys = keys
+        self.public = public
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not self.keys or scope["path"] in self.public:
+            await self.app(scope, receive, send)
+            return
+        given = dict(scope["headers"]).get(b"x-api-key", b"").decode("latin-1")
+        if key_ok(given, self.keys):
+            await self.app(scope, receive, send)
+            return
+        await send_json(send, 401, "missing or invalid API key (X-API-Key header)")
+
+
+def key_ok(given: str | None, keys: list[str]) -> bool:
+    """Whether ``given`` is one of ``keys``, compared with every key in constant time (no early exit)."""
+    ok = False
+    for key in keys:
+        ok |= hmac.compare_digest((given or "").encode(), key.encode())
+    return ok
+
+
+async def send_json(send: Send, status: int, detail: str) -> None:
+    """A complete JSON error answer, ``{"detail": ...}``, straight from the middleware."""
+    body = json.dumps({"detail": detail}).encode()
+    headers: list[Any] = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+    ]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})

@@ -1,4 +1,5 @@
-"""Run an ASGI app under real uvicorn on a free loopback port, in a background thread (tests, benchmarks)."""
+"""Run an ASGI app under real uvicorn on a free loopback port, in a background thread (tests, benchmarks),
+with the connection limits ``patchbank serve`` has."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ from contextlib import contextmanager
 import httpx
 import uvicorn
 
+from patchbank_service.connections import server_config
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -22,7 +25,7 @@ def free_port() -> int:
 def live_server(app: object, ready_path: str = "/readyz", timeout: float = 120.0) -> Iterator[str]:
     """Serve ``app`` on 127.0.0.1 and yield its base URL once ``ready_path`` answers 200."""
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    server = uvicorn.Server(server_config(app, "127.0.0.1", port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     url = f"http://127.0.0.1:{port}"

@@ -10,6 +10,7 @@ from patchbank.bank import EvaluationRecord
 from patchbank.predict import StageTimings
 
 MapFormat = Literal["none", "png", "array"]
+MAX_SAMPLE_ID = 256  # characters of a sample_id: it is echoed, logged and stored with every decision
 
 
 class AnomalyMap(BaseModel):
@@ -86,8 +87,12 @@ class Health(BaseModel):
 
 
 class Readiness(BaseModel):
-    status: Literal["ready", "loading"]
-    categories: list[str] = Field(default_factory=list)
+    status: Literal["ready", "loading", "not ready"] = Field(
+        description="ready: banks loaded (at least one, and every required one); loading: still starting; "
+        "not ready: loaded, but no bank or a required bank failed (see reasons)"
+    )
+    categories: list[str] = Field(default_factory=list, description="categories this replica can score")
+    reasons: list[str] = Field(default_factory=list, description="why it is not ready")
     redis: Literal["off", "ok", "unreachable"] = Field("off", description="the shared registry's state")
     degraded: bool = Field(False, description="scoring works, but Redis is unreachable (no sharing)")
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-import json
 import logging
 import threading
 import time
@@ -16,11 +15,13 @@ from typing import Any
 
 import redis
 import redis.asyncio as aredis
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from patchbank import active
 from patchbank import bank as bankfmt
-from patchbank.errors import PatchbankError
+from patchbank.errors import PatchbankError, shorten
 from patchbank.loaded import LoadedBanks
+from patchbank_service.models import ScoreResponse
 from patchbank_service.observability import Metrics
 
 log = logging.getLogger("patchbank.replicas")
@@ -28,6 +29,15 @@ log = logging.getLogger("patchbank.replicas")
 
 class IdempotencyConflict(PatchbankError):
     """The same Idempotency-Key came with different content."""
+
+
+class StoredAnswer(BaseModel):
+    """An idempotent request's answer as Redis keeps it, bound to the digest of the request's content."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    digest: str = Field(pattern=r"^[0-9a-f]{64}$", description="sha256 of the request's content")
+    response: ScoreResponse
 
 
 def request_digest(*parts: bytes | str | None) -> str:
@@ -63,6 +73,8 @@ class ReplicaLink:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._follow, name="patchbank-replicas", daemon=True)
         self._tasks: set[asyncio.Task[Any]] = set()
+        # category -> (version, reason) of the last version refused, so each refusal is logged once
+        self._refused: dict[str, tuple[str, str]] = {}
 
     # ------------------------------------------------------------------ active versions (background thread)
     def start(self) -> None:
@@ -91,16 +103,32 @@ class ReplicaLink:
                 self._stop.wait(self.interval_s)
 
     def sync_once(self) -> None:
-        """Seed what Redis lacks, then load every version Redis names that differs from the loaded one."""
+        """Seed what Redis lacks, then load every version Redis names that differs from the loaded one. A version
+        that is refused (not one of the category's own versions, or not intact) leaves the loaded one serving;
+        the refusal is logged once and shown in the loaded banks' errors until the category settles."""
         active.seed_missing(self._client, self.banks)
         local = set(bankfmt.list_categories(self.banks))
         for category, version in active.active_versions(self._client).items():
-            if category not in local or self.loaded.version_of(category) == version:
+            if category not in local:
+                continue
+            if self.loaded.version_of(category) == version:
+                if self._refused.pop(category, None) is not None:
+                    self.loaded.clear_error(category)
                 continue
             try:
-                self.loaded.reload(category, version)
+                self.loaded.reload(category, version, origin="named in Redis")
             except PatchbankError as exc:
-                log.error("cannot switch %s to %s: %s", category, version, exc)
+                if self._refused.get(category) != (version, str(exc)):
+                    self._refused[category] = (version, str(exc))
+                    log.error(
+                        "keeping %s at %s: %s",
+                        category,
+                        self.loaded.version_of(category) or "no bank",
+                        exc,
+                        extra={"category": category},
+                    )
+            else:
+                self._refused.pop(category, None)
 
     def _mark(self, ok: bool, reason: str = "") -> None:
         if ok and self.degraded:
@@ -125,29 +153,47 @@ class ReplicaLink:
         except (redis.RedisError, OSError):
             self.metrics.stream_dropped.inc()
 
-    async def recall(self, key: str, digest: str) -> dict[str, Any] | None:
-        """The stored answer of an earlier request with this key; 409 when its content differed."""
+    async def recall(
+        self, key: str, digest: str, category: str, sample_id: str | None
+    ) -> ScoreResponse | None:
+        """The stored answer of an earlier request with this key; 409 when its content differed. A stored
+        record that is not a valid answer to this very request (malformed, for another category or sample, or
+        whose decision contradicts its score) is logged, dropped and treated as a miss."""
         try:
             raw = await self._aclient.get(active.IDEMPOTENCY_PREFIX + key)
         except (redis.RedisError, OSError):
             return None
         if raw is None:
             return None
-        stored = json.loads(raw)
-        if stored["digest"] != digest:
-            raise IdempotencyConflict(f"Idempotency-Key {key!r} was already used with different content")
-        return stored["response"]
+        try:
+            stored = StoredAnswer.model_validate_json(raw)
+        except ValidationError as exc:
+            return await self._drop(key, f"not a stored answer ({exc.error_count()} errors)")
+        if stored.digest != digest:
+            raise IdempotencyConflict(
+                f"Idempotency-Key {shorten(key)} was already used with different content"
+            )
+        answer = stored.response
+        if (answer.category, answer.sample_id) != (category, sample_id):
+            return await self._drop(key, "it answers another category or sample")
+        if answer.is_anomalous != bool(bankfmt.is_anomalous(answer.image_score, answer.threshold)):
+            return await self._drop(key, "its decision contradicts its score and threshold")
+        return answer
 
-    async def remember(self, key: str, digest: str, response: dict[str, Any]) -> None:
+    async def _drop(self, key: str, why: str) -> None:
+        log.warning("ignoring the stored answer of Idempotency-Key %s: %s", shorten(key), why)
+        with contextlib.suppress(redis.RedisError, OSError):
+            await self._aclient.delete(active.IDEMPOTENCY_PREFIX + key)
+        return None
+
+    async def remember(self, key: str, digest: str, response: ScoreResponse) -> None:
+        record = StoredAnswer(digest=digest, response=response)
         try:
             await self._aclient.set(
-                active.IDEMPOTENCY_PREFIX + key,
-                json.dumps({"digest": digest, "response": response}),
-                nx=True,
-                ex=self.idempotency_ttl_s,
+                active.IDEMPOTENCY_PREFIX + key, record.model_dump_json(), nx=True, ex=self.idempotency_ttl_s
             )
         except (redis.RedisError, OSError):
-            log.warning("could not store the answer of Idempotency-Key %s", key)
+            log.warning("could not store the answer of Idempotency-Key %s", shorten(key))
 
     async def aclose(self) -> None:
         await self._aclient.aclose()

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import NoDecode
 
 from patchbank.config import Settings
@@ -36,6 +36,28 @@ class ServiceSettings(Settings):
     max_batch: int = Field(
         8, ge=1, description="concurrent /score requests of one bank scored in one batch (1: no batching)"
     )
+    max_batch_samples: int = Field(
+        8,
+        ge=1,
+        description="samples one /score/batch request may hold (413 above); each counts against "
+        "concurrency + queue_size, so at most their sum (the default is lowered to it)",
+    )
+    header_timeout_s: float = Field(
+        10.0, gt=0, description="seconds a client has to send a request's headers; then it is disconnected"
+    )
+    body_timeout_s: float = Field(
+        30.0,
+        gt=0,
+        description="longest pause while a request's body arrives; then the client is disconnected",
+    )
+    max_connections: int = Field(
+        200, ge=1, description="open connections a replica accepts; requests beyond it are answered 503"
+    )
+    required_categories: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="comma-separated categories whose banks must load for /readyz to say ready (default: any "
+        "one bank)",
+    )
     default_map: Literal["none", "png", "array"] = Field("png", description="anomaly map format by default")
     max_map_side: int = Field(
         DEFAULT_MAX_MAP_SIDE,
@@ -48,12 +70,27 @@ class ServiceSettings(Settings):
     stream_maxlen: int = Field(10000, ge=1, description="score events kept per category in the Redis stream")
     idempotency_ttl_s: int = Field(86400, ge=1, description="how long an Idempotency-Key's answer is kept")
 
-    @field_validator("api_keys", "admin_keys", mode="before")
+    @field_validator("api_keys", "admin_keys", "required_categories", mode="before")
     @classmethod
     def _split(cls, value: object) -> object:
         if isinstance(value, str):
             return [k.strip() for k in value.split(",") if k.strip()]
         return value
+
+    @model_validator(mode="after")
+    def _batch_fits(self) -> ServiceSettings:
+        capacity = self.concurrency + self.queue_size
+        if "max_batch_samples" in self.model_fields_set and self.max_batch_samples > capacity:
+            raise ValueError(
+                f"max_batch_samples ({self.max_batch_samples}) exceeds concurrency + queue_size ({capacity}): "
+                "such a batch could never be admitted"
+            )
+        return self
+
+    @property
+    def batch_cap(self) -> int:
+        """Samples one batch may hold: ``max_batch_samples``, or fewer when the queue is smaller (default)."""
+        return min(self.max_batch_samples, self.concurrency + self.queue_size)
 
     @property
     def max_upload_bytes(self) -> int:

@@ -1,13 +1,19 @@
-"""Fixtures of the applications' tests: one FPFH bank per test run, built by build-bank's library call."""
+"""Fixtures of the applications' tests: one FPFH bank per test run, built by build-bank's library call, and a
+real Redis server."""
 
 from __future__ import annotations
 
+import subprocess
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import redis
 
 from patchbank.coreset import CoresetSpec
 from patchbank_builder.build import BuildRequest, BuildResult, build_bank
+from patchbank_service.live import free_port
 from tests.conftest import CATEGORY
 
 
@@ -24,3 +30,51 @@ def fpfh_build(demo_root: Path, tmp_path_factory: pytest.TempPathFactory) -> tup
         progress=False,
     )
     return banks, build_bank(req)
+
+
+class RedisServer:
+    """A real redis-server without persistence; stop() and start() again on the same port."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            [
+                "redis-server",
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        client = redis.Redis.from_url(self.url)
+        for _ in range(100):
+            try:
+                client.ping()
+                return
+            except redis.ConnectionError:
+                time.sleep(0.05)
+        raise RuntimeError("redis-server did not start")
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            self.proc.wait(timeout=10)
+            self.proc = None
+
+
+@pytest.fixture
+def redis_server() -> Iterator[RedisServer]:
+    server = RedisServer()
+    server.start()
+    yield server
+    server.stop()

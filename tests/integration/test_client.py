@@ -1,4 +1,5 @@
-"""The HTTP client and the ``score`` CLI against a stub of the service contract under real uvicorn.
+"""The HTTP client and the ``score`` CLI against a stub of the service contract under real uvicorn, and the
+point cloud options (formats, ``xyz_unit``, ``intrinsics``) against the real service.
 
 The stub decodes what arrives (PNG with Pillow, TIFF with tifffile, .npy with np.load) and echoes it back
 (image_score = mean of the xyz z values, plus an ``echo`` object), so the tests see that array, bytes and path
@@ -11,6 +12,7 @@ import asyncio
 import base64
 import io
 import json
+import shutil
 import socket
 import subprocess
 import sys
@@ -30,6 +32,10 @@ from fastapi.responses import JSONResponse
 from PIL import Image
 from starlette.datastructures import FormData, UploadFile
 
+from patchbank.cloud_write import encode_cloud
+from patchbank.clouds import Intrinsics
+from patchbank.data import list_samples
+from patchbank_builder.build import BuildResult
 from patchbank_client import (
     APIError,
     AsyncPatchbankClient,
@@ -48,6 +54,10 @@ from patchbank_client import (
 )
 from patchbank_client.cli import find_samples, main
 from patchbank_client.client import _ClientCore, _parse_retry_after
+from patchbank_service.app import create_app
+from patchbank_service.live import live_server
+from patchbank_service.settings import ServiceSettings
+from tests.conftest import CATEGORY
 
 ROOT = Path(__file__).resolve().parents[2]
 H, W = 12, 16
@@ -114,6 +124,7 @@ def _answer(
     map_format: str,
     sample_id: str | None,
     request: Request,
+    form: FormData,
 ) -> dict[str, Any]:
     z = xyz[..., 2].astype(np.float32)
     h, w = z.shape
@@ -157,6 +168,8 @@ def _answer(
             "xyz_filename": names[1],
             "api_key": request.headers.get("x-api-key"),
             "idempotency_key": request.headers.get("idempotency-key"),
+            "xyz_unit": form.get("xyz_unit"),
+            "intrinsics": form.get("intrinsics"),
         },
     }
 
@@ -204,6 +217,7 @@ async def _score_form(request: Request, form: FormData) -> Any:
         str(form.get("map", "png")),
         None if sample_id is None else str(sample_id),
         request,
+        form,
     )
 
 
@@ -226,7 +240,7 @@ async def _batch_form(request: Request, form: FormData) -> Any:
         rgb, xyz = await _decode(rgb_up, xyz_up)
         sid = ids[i] if ids else None
         names = (rgb_up.filename, xyz_up.filename)
-        results.append(_answer(category, rgb, xyz, names, str(form.get("map", "png")), sid, request))
+        results.append(_answer(category, rgb, xyz, names, str(form.get("map", "png")), sid, request, form))
     return {"results": results}
 
 
@@ -353,9 +367,17 @@ def test_score_inputs_arrive_intact(url: str, tmp_path: Path, rgb_kind: str, xyz
     assert echo["rgb_shape"] == [H, W, 3] and echo["rgb_sum"] == int(rgb.astype(np.int64).sum())
     assert echo["xyz_shape"] == [H, W, 3] and echo["xyz_dtype"] == "float32"
     assert echo["rgb_filename"] == "rgb.png"
-    assert echo["xyz_filename"] == (
-        "xyz.npy" if xyz_kind in ("array", "npy-bytes", "npy-path") else "xyz.tiff"
+    assert (
+        echo["xyz_filename"]
+        == {  # a path goes under its own name: the service may need its extension
+            "array": "xyz.npy",
+            "tiff-bytes": "xyz.tiff",
+            "npy-bytes": "xyz.npy",
+            "tiff-path": "a.tiff",
+            "npy-path": "a.npy",
+        }[xyz_kind]
     )
+    assert echo["xyz_unit"] is None and echo["intrinsics"] is None
     assert result.regions[0].bbox == (1, 2, W - 1, H - 1) and result.regions[0].area_px == 42
     assert result.timings_ms["total"] == 6.5
 
@@ -496,6 +518,72 @@ def test_invalid_inputs_fail_before_sending(url: str, tmp_path: Path) -> None:
             client.score("puck", _rgb(), _xyz(), map="jpeg")  # type: ignore[arg-type]
         with pytest.raises(FileNotFoundError):
             client.score("puck", tmp_path / "missing.png", _xyz())
+    assert not CALLS
+
+
+CAMERA = {"fx": 240.0, "fy": 240.0, "cx": 79.5, "cy": 59.5, "depth_scale": 0.001}
+
+
+def _echo(result: ScoreResult) -> dict[str, Any]:
+    return dict((result.model_extra or {})["echo"])
+
+
+def test_xyz_unit_and_intrinsics_are_sent(url: str, tmp_path: Path) -> None:
+    camera_file = tmp_path / "camera.json"
+    camera_file.write_text(json.dumps({**CAMERA, "width": W, "height": H}, indent=2))
+    rgb, xyz = _rgb(4), _xyz(4)
+    with PatchbankClient(url) as client:
+        # the positional arguments keep their meaning; the new ones are keywords
+        result = client.score("puck", rgb, xyz, "array", "s1", "k1", xyz_unit="mm", intrinsics=CAMERA)
+        assert result.sample_id == "s1" and result.map_array() is not None
+        echo = _echo(result)
+        assert echo["idempotency_key"] == "k1" and echo["xyz_unit"] == "mm"
+        assert json.loads(echo["intrinsics"]) == CAMERA
+        from_file = _echo(client.score("puck", rgb, xyz, intrinsics=camera_file))
+        assert json.loads(from_file["intrinsics"]) == {**CAMERA, "width": W, "height": H}
+        assert from_file["xyz_unit"] is None
+        from_text = _echo(client.score("puck", rgb, xyz, intrinsics=json.dumps(CAMERA)))
+        assert json.loads(from_text["intrinsics"]) == CAMERA
+        numpy_values = {k: np.float64(v) for k, v in CAMERA.items()}
+        assert (
+            json.loads(_echo(client.score("puck", rgb, xyz, intrinsics=numpy_values))["intrinsics"]) == CAMERA
+        )
+        batch = client.score_batch("puck", [(rgb, xyz), (rgb, xyz)], xyz_unit="um", intrinsics=camera_file)
+        assert [_echo(r)["xyz_unit"] for r in batch] == ["um", "um"]
+        assert all(json.loads(_echo(r)["intrinsics"])["width"] == W for r in batch)
+
+    async def run() -> None:
+        async with AsyncPatchbankClient(url) as aclient:
+            one = await aclient.score("puck", rgb, xyz, xyz_unit="mm", intrinsics=camera_file)
+            assert _echo(one)["xyz_unit"] == "mm" and json.loads(_echo(one)["intrinsics"])["height"] == H
+            many = await aclient.score_batch("puck", [(rgb, xyz)], xyz_unit="m", intrinsics=CAMERA)
+            assert _echo(many[0])["xyz_unit"] == "m" and json.loads(_echo(many[0])["intrinsics"]) == CAMERA
+
+    asyncio.run(run())
+
+
+def test_bad_unit_or_intrinsics_fail_before_sending(url: str, tmp_path: Path) -> None:
+    rgb, xyz = _rgb(), _xyz()
+    (tmp_path / "list.json").write_text("[240, 240]")
+    with PatchbankClient(url) as client:
+        with pytest.raises(ValueError, match="xyz_unit must be one of m, mm, um, got 'cm'"):
+            client.score("puck", rgb, xyz, xyz_unit="cm")  # type: ignore[arg-type]
+        with pytest.raises(ValueError, match="xyz_unit"):
+            client.score_batch("puck", [(rgb, xyz)], xyz_unit="cm")  # type: ignore[arg-type]
+        with pytest.raises(ValueError, match="intrinsics lacks depth_scale"):
+            client.score("puck", rgb, xyz, intrinsics={"fx": 1.0, "fy": 1.0, "cx": 0.0, "cy": 0.0})
+        with pytest.raises(ValueError, match=r"not valid JSON.*pathlib\.Path"):
+            client.score("puck", rgb, xyz, intrinsics="camera.json")
+        with pytest.raises(ValueError, match=r"list\.json must be a JSON object"):
+            client.score("puck", rgb, xyz, intrinsics=tmp_path / "list.json")
+        with pytest.raises(ValueError, match="at most 1000"):
+            client.score("puck", rgb, xyz, intrinsics={**CAMERA, "note": "x" * 1000})  # type: ignore[dict-item]
+        with pytest.raises(ValueError, match="not a finite number"):
+            client.score("puck", rgb, xyz, intrinsics={**CAMERA, "fx": float("nan")})
+        with pytest.raises(FileNotFoundError):
+            client.score("puck", rgb, xyz, intrinsics=tmp_path / "missing.json")
+        with pytest.raises(TypeError, match="intrinsics must be a mapping"):
+            client.score("puck", rgb, xyz, intrinsics=240)  # type: ignore[arg-type]
     assert not CALLS
 
 
@@ -697,3 +785,206 @@ def test_find_samples_ignores_gt_and_sorts(mvtec: Path) -> None:
         "test/good/rgb/001.png",
     ]
     assert len(samples) == 4
+
+
+def test_find_samples_finds_every_cloud_format_and_the_category_intrinsics(tmp_path: Path) -> None:
+    kind = tmp_path / "data" / "puck" / "test" / "good"
+    flat = tmp_path / "line"
+    for name in (
+        "rgb/000.png",
+        "xyz/000.png",  # a 16-bit PNG depth image: only in an MVTec xyz folder
+        "rgb/001.png",
+        "xyz/001.ply",
+        "rgb/002.png",
+        "xyz/002.pcd",
+    ):
+        (kind / name).parent.mkdir(parents=True, exist_ok=True)
+        (kind / name).write_bytes(b"x")
+    (tmp_path / "data" / "puck" / "intrinsics.json").write_text(json.dumps(CAMERA))
+    flat.mkdir()
+    for name in ("a.png", "a.ply", "b.png", "b.pcd", "c.png"):  # c.png is an RGB image without a cloud
+        (flat / name).write_bytes(b"x")
+    samples, unpaired = find_samples(tmp_path)
+    assert unpaired == 1
+    pairs = [(s.rgb.relative_to(tmp_path).as_posix(), s.xyz.name) for s in samples]
+    assert pairs == [
+        ("data/puck/test/good/rgb/000.png", "000.png"),
+        ("data/puck/test/good/rgb/001.png", "001.ply"),
+        ("data/puck/test/good/rgb/002.png", "002.pcd"),
+        ("line/a.png", "a.ply"),
+        ("line/b.png", "b.pcd"),
+    ]
+    camera = tmp_path / "data" / "puck" / "intrinsics.json"
+    assert [s.intrinsics for s in samples] == [camera, camera, camera, None, None]
+    (flat / "intrinsics.json").write_text(json.dumps(CAMERA))
+    assert find_samples(flat)[0][0].intrinsics == flat / "intrinsics.json"
+
+
+def test_cli_sends_xyz_unit_and_intrinsics(
+    url: str, mvtec: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (mvtec / "intrinsics.json").write_text(json.dumps(CAMERA))
+    mine = {**CAMERA, "depth_scale": 1.0}
+    (tmp_path / "mine.json").write_text(json.dumps(mine))
+    out = tmp_path / "r.jsonl"
+    base = ["--url", url, "--category", "puck"]
+    assert main([*base, "--dir", str(mvtec), "--out", str(out), "--xyz-unit", "mm"]) == 0
+    assert f"using the camera intrinsics in {mvtec / 'intrinsics.json'}" in capsys.readouterr().err
+    echoes = [json.loads(line)["echo"] for line in out.read_text().splitlines()]
+    assert len(echoes) == 4 and all(e["xyz_unit"] == "mm" for e in echoes)
+    assert all(json.loads(e["intrinsics"]) == CAMERA for e in echoes)
+
+    # --intrinsics wins over the dataset's file
+    assert (
+        main([*base, "--dir", str(mvtec), "--out", str(out), "--intrinsics", str(tmp_path / "mine.json")])
+        == 0
+    )
+    echoes = [json.loads(line)["echo"] for line in out.read_text().splitlines()]
+    assert all(json.loads(e["intrinsics"]) == mine and e["xyz_unit"] is None for e in echoes)
+    assert "using the camera intrinsics" not in capsys.readouterr().err
+
+    _write_sample(tmp_path / "a.png", tmp_path / "a.tiff", 0)
+    pair = ["--rgb", str(tmp_path / "a.png"), "--xyz", str(tmp_path / "a.tiff")]
+    assert (
+        main([*base, *pair, "--xyz-unit", "um", "--intrinsics", str(tmp_path / "mine.json"), "--json"]) == 0
+    )
+    echo = json.loads(capsys.readouterr().out)["echo"]
+    assert echo["xyz_unit"] == "um" and json.loads(echo["intrinsics"]) == mine
+
+    # a missing or broken camera file is a usage error, before anything is sent
+    CALLS.clear()
+    assert main([*base, *pair, "--intrinsics", str(tmp_path / "absent.json")]) == 2
+    assert capsys.readouterr().err.startswith(f"error: cannot read intrinsics {tmp_path / 'absent.json'}")
+    (mvtec / "intrinsics.json").write_text("{fx: 240}")
+    assert main([*base, "--dir", str(mvtec), "--out", str(out)]) == 2
+    assert "is not valid JSON" in capsys.readouterr().err
+    assert main([*base, *pair, "--xyz-unit", "cm"]) == 2  # argparse: not a choice
+    assert not CALLS
+
+
+# --------------------------------------------------------------------------------------------------- real service
+
+DEMO_CAMERA = Intrinsics(
+    fx=240, fy=240, cx=79.5, cy=59.5, depth_scale=1.0
+)  # the demo data's 160 x 120 camera
+
+
+@pytest.fixture(scope="module")
+def real_url(fpfh_build: tuple[Path, BuildResult], tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The real service with the session's FPFH bank of the demo category."""
+    banks = tmp_path_factory.mktemp("client-banks")
+    shutil.copytree(fpfh_build[0] / CATEGORY, banks / CATEGORY)
+    with live_server(create_app(ServiceSettings(banks=banks, device="cpu"))) as base:
+        yield base
+
+
+@pytest.fixture(scope="module")
+def clouds(demo_root: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A demo defect sample's RGB and its cloud as files: the xyz TIFF in metres (``m``) and in millimetres
+    (``mm``), a float depth TIFF with its ``camera`` JSON, an organized PLY and PCD."""
+    ref = next(r for r in list_samples(demo_root, CATEGORY, "test") if r.kind != "good")
+    xyz = tifffile.imread(ref.xyz)
+    d = tmp_path_factory.mktemp("clouds")
+    tifffile.imwrite(d / "mm.tiff", xyz * 1000, photometric="rgb")
+    (d / "depth.tiff").write_bytes(encode_cloud(xyz, "depth-tiff", DEMO_CAMERA))
+    (d / "cloud.ply").write_bytes(encode_cloud(xyz, "ply"))
+    (d / "cloud.pcd").write_bytes(encode_cloud(xyz, "pcd"))
+    (d / "camera.json").write_text(DEMO_CAMERA.model_dump_json(exclude_none=True))
+    return {
+        "rgb": ref.rgb,
+        "m": ref.xyz,
+        "mm": d / "mm.tiff",
+        "depth": d / "depth.tiff",
+        "camera": d / "camera.json",
+        "ply": d / "cloud.ply",
+        "pcd": d / "cloud.pcd",
+    }
+
+
+def test_real_service_millimetres_need_their_unit(real_url: str, clouds: dict[str, Path]) -> None:
+    rgb = clouds["rgb"]
+    with PatchbankClient(real_url) as client:
+        metres = client.score(CATEGORY, rgb, clouds["m"]).image_score
+        with pytest.raises(BadRequest) as info:
+            client.score(CATEGORY, rgb, clouds["mm"])
+        assert info.value.status_code == 400
+        assert "millimetres" in info.value.reason and "xyz_unit=mm" in info.value.reason
+        got = client.score(CATEGORY, rgb, clouds["mm"], xyz_unit="mm")
+        assert got.image_score == pytest.approx(metres, abs=1e-5)
+        batch = client.score_batch(CATEGORY, [(rgb, clouds["mm"]), (rgb, clouds["mm"])], xyz_unit="mm")
+        assert [r.image_score for r in batch] == pytest.approx([metres, metres], abs=1e-5)
+
+
+def test_real_service_depth_image_with_intrinsics(real_url: str, clouds: dict[str, Path]) -> None:
+    rgb, depth = clouds["rgb"], clouds["depth"]
+    with PatchbankClient(real_url) as client:
+        metres = client.score(CATEGORY, rgb, clouds["m"]).image_score
+        with pytest.raises(BadRequest, match="intrinsics"):
+            client.score(CATEGORY, rgb, depth)  # the bank stores no camera
+        got = client.score(CATEGORY, rgb, depth, intrinsics=DEMO_CAMERA.model_dump(exclude_none=True))
+        assert got.image_score == pytest.approx(metres, rel=1e-4)
+        with pytest.raises(BadRequest, match="xyz_unit"):
+            client.score(CATEGORY, rgb, depth, xyz_unit="mm", intrinsics=clouds["camera"])
+
+    async def run() -> float:
+        async with AsyncPatchbankClient(real_url) as aclient:
+            return (await aclient.score(CATEGORY, rgb, depth, intrinsics=clouds["camera"])).image_score
+
+    assert asyncio.run(run()) == pytest.approx(metres, rel=1e-4)
+
+
+def test_real_service_organized_ply_and_pcd_score_like_the_tiff(
+    real_url: str, clouds: dict[str, Path]
+) -> None:
+    with PatchbankClient(real_url) as client:
+        tiff = client.score(CATEGORY, clouds["rgb"], clouds["m"]).image_score
+        assert client.score(CATEGORY, clouds["rgb"], clouds["ply"]).image_score == tiff
+        assert client.score(CATEGORY, clouds["rgb"], clouds["pcd"]).image_score == tiff
+
+
+def test_real_service_cli_xyz_unit_and_intrinsics(
+    real_url: str, clouds: dict[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    base = ["--url", real_url, "--category", CATEGORY, "--rgb", str(clouds["rgb"])]
+    assert main([*base, "--xyz", str(clouds["m"]), "--json"]) == 0
+    metres = json.loads(capsys.readouterr().out)["image_score"]
+    assert main([*base, "--xyz", str(clouds["mm"])]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: HTTP 400: ") and "millimetres" in err and "\n" not in err
+    assert main([*base, "--xyz", str(clouds["mm"]), "--xyz-unit", "mm", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["image_score"] == pytest.approx(metres, abs=1e-5)
+    assert main([*base, "--xyz", str(clouds["depth"]), "--intrinsics", str(clouds["camera"]), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["image_score"] == pytest.approx(metres, rel=1e-4)
+
+
+def test_real_service_cli_dir_of_depth_pngs_uses_the_category_intrinsics(
+    real_url: str,
+    fpfh_build: tuple[Path, BuildResult],
+    demo_root: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The layout ``patchbank convert --format depth-png`` writes: ``xyz/NNN.png`` and the category's
+    ``intrinsics.json``, found without ``--intrinsics``."""
+    assert fpfh_build[1].evaluation is not None
+    offline = {s.name: s.image_score for s in fpfh_build[1].evaluation.scores}
+    camera = DEMO_CAMERA.model_copy(update={"depth_scale": 1e-5})  # 10 um steps
+    category = tmp_path / "data" / CATEGORY
+    expected: dict[Path, float] = {}
+    for ref in list_samples(demo_root, CATEGORY, "test"):
+        kind = category / "test" / ref.kind
+        (kind / "rgb").mkdir(parents=True)
+        (kind / "xyz").mkdir()
+        shutil.copy(ref.rgb, kind / "rgb" / ref.rgb.name)
+        depth = encode_cloud(tifffile.imread(ref.xyz), "depth-png", camera)
+        (kind / "xyz" / f"{ref.rgb.stem}.png").write_bytes(depth)
+        expected[kind / "rgb" / ref.rgb.name] = offline[ref.name]
+    (category / "intrinsics.json").write_text(camera.model_dump_json(exclude_none=True))
+    out = tmp_path / "r.jsonl"
+    assert main(["--url", real_url, "--category", CATEGORY, "--dir", str(category), "--out", str(out)]) == 0
+    assert "using the camera intrinsics in" in capsys.readouterr().err
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(lines) == len(expected) and all("error" not in r for r in lines)
+    for r in lines:
+        assert Path(r["xyz"]).suffix == ".png"
+        assert r["image_score"] == pytest.approx(expected[Path(r["rgb"])], rel=0.03)  # 16-bit depth steps

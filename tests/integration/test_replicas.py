@@ -3,11 +3,10 @@ stream, and safe publishing. Tests start Debian's redis-server on a free loopbac
 
 from __future__ import annotations
 
+import json
 import shutil
-import subprocess
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -23,59 +22,13 @@ from patchbank_builder.build import BuildResult
 from patchbank_builder.cli import PUBLISH
 from patchbank_builder.publish import publish_version
 from patchbank_service.app import create_app
-from patchbank_service.live import free_port, live_server
+from patchbank_service.live import live_server
+from patchbank_service.replicas import request_digest
 from patchbank_service.settings import ServiceSettings
 from tests.conftest import CATEGORY
+from tests.integration.conftest import RedisServer
 
 pytestmark = pytest.mark.skipif(shutil.which("redis-server") is None, reason="needs Debian's redis-server")
-
-
-class RedisServer:
-    """A real redis-server without persistence; stop() and start() again on the same port."""
-
-    def __init__(self) -> None:
-        self.port = free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen(
-            [
-                "redis-server",
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        client = redis.Redis.from_url(self.url)
-        for _ in range(100):
-            try:
-                client.ping()
-                return
-            except redis.ConnectionError:
-                time.sleep(0.05)
-        raise RuntimeError("redis-server did not start")
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            self.proc.terminate()
-            self.proc.wait(timeout=10)
-            self.proc = None
-
-
-@pytest.fixture
-def redis_server() -> Iterator[RedisServer]:
-    server = RedisServer()
-    server.start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture
@@ -269,3 +222,41 @@ def test_a_replica_started_later_converges_to_the_registry(redis_server: RedisSe
     assert bankfmt.active_version(banks, CATEGORY) == "v0001"
     with live_server(create_app(settings(banks, redis_server.url))) as url:
         wait_for(lambda: httpx.get(f"{url}/categories/{CATEGORY}").json()["bank_version"] == v2)
+
+
+def test_stored_answers_are_validated_and_bound_to_the_request(
+    redis_server: RedisServer, banks: Path, demo_root: Path
+) -> None:
+    """A malformed, foreign or contradictory record in Redis is a miss (scored afresh, logged), never a 500
+    nor an answer given verbatim."""
+    upload = sample(demo_root)
+    client = redis.Redis.from_url(redis_server.url, decode_responses=True)
+    digest = request_digest(CATEGORY, "none", "p-1", None, None, upload["rgb"][1], upload["xyz"][1])
+    with live_server(create_app(settings(banks, redis_server.url))) as url:
+
+        def score(key: str) -> httpx.Response:
+            return httpx.post(
+                f"{url}/score",
+                data={"category": CATEGORY, "map": "none", "sample_id": "p-1"},
+                files=upload,
+                headers={"Idempotency-Key": key},
+                timeout=60,
+            )
+
+        truth = score("genuine").json()
+        forged = dict(truth, is_anomalous=not truth["is_anomalous"])
+        records = {
+            "malformed": "{not json",
+            "no-digest": json.dumps({"response": truth}),
+            "not-an-answer": json.dumps({"digest": digest, "response": {"hello": 1}}),
+            "contradicts-itself": json.dumps({"digest": digest, "response": forged}),
+            "other-sample": json.dumps({"digest": digest, "response": dict(truth, sample_id="p-9")}),
+        }
+        for key, record in records.items():
+            client.set(active.IDEMPOTENCY_PREFIX + key, record)
+            r = score(key)
+            assert r.status_code == 200, (key, r.text)
+            assert r.json()["is_anomalous"] == truth["is_anomalous"], key
+            assert r.json()["image_score"] == pytest.approx(truth["image_score"], rel=1e-6), key
+            stored = json.loads(client.get(active.IDEMPOTENCY_PREFIX + key))  # replaced by the real answer
+            assert stored["digest"] == digest and stored["response"]["sample_id"] == "p-1", key

@@ -211,7 +211,7 @@ BAD_INPUTS = [
         "not an image",
         lambda rgb, xyz: ({"category": CATEGORY}, files(b"hello, I am text", tiff(xyz))),
         400,
-        "rgb is not a readable",
+        "rgb is not a PNG, JPEG or TIFF image",
     ),
     (
         "corrupt png",
