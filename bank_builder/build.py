@@ -37,7 +37,7 @@ from patchbank_builder.calibrate import (
     held_out_validation,
     score_stats,
 )
-from patchbank_builder.evaluate import Evaluation, evaluate
+from patchbank_builder.evaluate import Evaluation, Scored, evaluate_scored
 from patchbank_builder.options import DEFAULT_TARGET_FRR
 
 log = logging.getLogger(__name__)
@@ -59,6 +59,7 @@ class BuildRequest:
     device: str = "cpu"
     batch_size: int = 8
     evaluate: bool = True
+    report: Path | None = None  # with evaluate: write the HTML evaluation report into this folder
     calibrate: bool = False
     target_frr: float = DEFAULT_TARGET_FRR
     activate: bool = True
@@ -71,6 +72,7 @@ class BuildResult:
     manifest: bankfmt.Manifest
     evaluation: Evaluation | None
     timings_s: dict[str, float] = field(default_factory=dict)
+    report: Path | None = None  # the evaluation report's index.html, when one was asked for
 
 
 @contextmanager
@@ -216,12 +218,13 @@ def build_bank(req: BuildRequest) -> BuildResult:
     if req.calibrate:
         manifest = calibrate_target_frr(manifest, req.target_frr)
 
-    evaluation = None
+    evaluation: Evaluation | None = None
+    scored: Scored | None = None
     if req.evaluate and has_split(req.data_root, req.category, "test"):
         test = list_samples(req.data_root, req.category, "test", intrinsics=req.intrinsics)
         with timed(timings, "evaluate"):
             scorer = BankScorer(bankfmt.Bank(manifest, indices, Path()), extractors)
-            evaluation = evaluate(scorer, test, req.progress)
+            evaluation, scored = evaluate_scored(scorer, test, req.progress)
         manifest.evaluation = evaluation.record()
 
     def write_indices(directory: Path) -> None:
@@ -230,6 +233,11 @@ def build_bank(req: BuildRequest) -> BuildResult:
 
     with timed(timings, "write"):
         written = bankfmt.write_version(req.banks, manifest, write_indices, activate=req.activate)
+    report = None
     if evaluation is not None:
         evaluation.bank_version = written.version
-    return BuildResult(written, evaluation, timings)
+        if req.report is not None and scored is not None:
+            from patchbank_builder.report import write_report
+
+            report = write_report(req.report, evaluation, scored, written.thresholds.pixel)
+    return BuildResult(written, evaluation, timings, report)

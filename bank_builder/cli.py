@@ -163,7 +163,13 @@ def _build(args: argparse.Namespace) -> int:
     if opts.target_frr is not None and not opts.calibrate:
         raise InputError("--target-frr applies to the calibration: add --calibrate")
     req = build_request(
-        opts, method, args, evaluate=opts.evaluate, calibrate=opts.calibrate, activate=not opts.publish
+        opts,
+        method,
+        args,
+        evaluate=opts.evaluate,
+        report=opts.report,
+        calibrate=opts.calibrate,
+        activate=not opts.publish,
     )
     result = build_bank(req)
     m = result.manifest
@@ -179,6 +185,8 @@ def _build(args: argparse.Namespace) -> int:
         print(table(result.evaluation))
         if opts.json_file:
             opts.json_file.write_text(result.evaluation.model_dump_json(indent=2))
+    if result.report is not None:
+        print(f"report: {result.report}")
     if opts.publish:
         _publish(req.banks, m.category, m.version, opts)
     return 0
@@ -235,7 +243,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     from patchbank.config import default_device
     from patchbank.data import list_samples
     from patchbank.scorer import load_scorer
-    from patchbank_builder.evaluate import evaluate, table
+    from patchbank_builder.evaluate import evaluate_scored, table
 
     opts = parse_model(EvaluateOptions, args)
     s = Settings()
@@ -245,10 +253,14 @@ def _evaluate(args: argparse.Namespace) -> int:
     scorer = load_scorer(
         banks, opts.category, opts.version, device, weights_override(opts.weights or s.weights)
     )
-    ev = evaluate(scorer, list_samples(root, opts.category, "test"), progress=not opts.quiet)
+    ev, scored = evaluate_scored(scorer, list_samples(root, opts.category, "test"), progress=not opts.quiet)
     print(table(ev))
     if opts.json_file:
         opts.json_file.write_text(ev.model_dump_json(indent=2))
+    if opts.report:
+        from patchbank_builder.report import write_report
+
+        print(f"report: {write_report(opts.report, ev, scored, scorer.bank.manifest.thresholds.pixel)}")
     return 0
 
 

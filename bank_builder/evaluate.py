@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import TypeVar
 
 import numpy as np
@@ -55,7 +56,26 @@ def score_labelled(
     return np.asarray(scores, dtype=np.float32), np.stack(maps), np.stack(masks)
 
 
+@dataclass(frozen=True)
+class Scored:
+    """What evaluation computed per test sample (for the report): (N,) image scores, (N, S, S) maps at the
+    model's resolution and the (N, S, S) bool ground truth, in the order of ``refs``."""
+
+    refs: Sequence[SampleRef]
+    scores: np.ndarray
+    maps: np.ndarray
+    masks: np.ndarray
+
+
 def evaluate(scorer: BankScorer, refs: Sequence[SampleRef], progress: bool = True) -> Evaluation:
+    """The bank's figures on a labelled test split (:func:`evaluate_scored` without the per-sample data)."""
+    return evaluate_scored(scorer, refs, progress)[0]
+
+
+def evaluate_scored(
+    scorer: BankScorer, refs: Sequence[SampleRef], progress: bool = True
+) -> tuple[Evaluation, Scored]:
+    """The figures, and the scores, maps and masks they were computed from (what the report draws)."""
     kinds = np.array([r.kind for r in refs])
     if GOOD not in kinds or len(set(kinds)) < 2:
         raise InputError("evaluation needs good and defective test samples (test/good and test/<defect>)")
@@ -89,7 +109,7 @@ def evaluate(scorer: BankScorer, refs: Sequence[SampleRef], progress: bool = Tru
             for r, v in zip(refs, image, strict=True)
         ],
     )
-    return at_threshold(ev, thr)
+    return at_threshold(ev, thr), Scored(refs, image, amaps, gts)
 
 
 def at_threshold(ev: E, threshold: float) -> E:

@@ -88,6 +88,9 @@ class BuildOptions(Where, Features, Publishing):
     json_file: Path | None = Field(
         None, json_schema_extra={"flag": "json"}, description="also write the evaluation as JSON"
     )
+    report: Path | None = Field(
+        None, description="also write the evaluation's self-contained HTML report into this folder"
+    )
 
 
 class CompareOptions(Where, Features):
@@ -106,6 +109,10 @@ class EvaluateOptions(Where):
         None,
         json_schema_extra={"flag": "json"},
         description="write the figures and per-sample scores as JSON",
+    )
+    report: Path | None = Field(
+        None,
+        description="write a self-contained HTML report (curves, distributions, galleries) into this folder",
     )
 
 

@@ -1,7 +1,8 @@
 """The ``score`` command: score one sample, or every sample of a folder as a production line would.
 
-    score --url URL --category C --rgb a.png --xyz a.tiff [--map none|png|array] [--save-map heat.png] [--json]
-    score --url URL --category C --dir FOLDER --out results.jsonl
+    score --url URL --category C --rgb a.png --xyz a.tiff [--map none|png|overlay|array] [--save-map heat.png]
+          [--json]
+    score --url URL --category C --dir FOLDER --out results.jsonl [--overlays OVERLAYS]
     score ... --xyz a.ply --xyz-unit mm          an xyz cloud in millimetres (or um)
     score ... --xyz depth.png --intrinsics camera.json   a depth image and its camera
 
@@ -193,9 +194,13 @@ def _given_intrinsics(args: argparse.Namespace) -> str | None:
 
 
 def _run_single(args: argparse.Namespace) -> int:
-    if args.save_map and args.map not in (None, "png"):
-        raise UsageError(f"--save-map writes the PNG heatmap: it needs --map png, not --map {args.map}")
-    map_format = cast(MapFormat, "png" if args.save_map else (args.map or "none"))
+    if args.overlays:
+        raise UsageError("--overlays is for --dir; for one sample give --map overlay --save-map FILE")
+    if args.save_map and args.map not in (None, "png", "overlay"):
+        raise UsageError(
+            f"--save-map writes a PNG: it needs --map png (the default) or overlay, not --map {args.map}"
+        )
+    map_format = cast(MapFormat, args.map or ("png" if args.save_map else "none"))
     intrinsics = _given_intrinsics(args)
     try:
         with _client(args) as client:
@@ -220,9 +225,9 @@ def _run_single(args: argparse.Namespace) -> int:
     else:
         print(summary_line(result, args.rgb, latency_ms))
     if args.save_map:
-        png = result.map_png()
+        png = result.overlay_png() if map_format == "overlay" else result.map_png()
         if png is None:
-            return _error("the server sent no PNG anomaly map")
+            return _error(f"the server sent no {map_format} anomaly map")
         try:
             Path(args.save_map).write_bytes(png)
         except OSError as exc:
@@ -245,8 +250,37 @@ class _Cloud:
         return self.found[sample.intrinsics]
 
 
+@dataclass(frozen=True)
+class _Overlays:
+    """Where ``--overlays`` writes each sample's overlay: its rgb file's path under the scored folder, in
+    ``folder``, without an MVTec ``rgb`` level (``test/hole/rgb/000.png`` -> ``test/hole/000.png``)."""
+
+    folder: Path
+    scored: Path
+
+    def path(self, rgb: Path) -> Path:
+        rel = rgb.relative_to(self.scored)
+        if rel.parent.name == "rgb":
+            rel = rel.parent.parent / rel.name
+        return self.folder / rel.with_suffix(".png")
+
+    def write(self, result: ScoreResult, rgb: Path) -> Path:
+        png = result.overlay_png()
+        if png is None:
+            raise UsageError("the server sent no overlay (is it older than map=overlay?)")
+        path = self.path(rgb)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(png)
+        return path
+
+
 def _score_one(
-    client: PatchbankClient, category: str, map_format: MapFormat, cloud: _Cloud, sample: Sample
+    client: PatchbankClient,
+    category: str,
+    map_format: MapFormat,
+    cloud: _Cloud,
+    sample: Sample,
+    overlays: _Overlays | None = None,
 ) -> dict[str, Any]:
     record: dict[str, Any] = {"rgb": str(sample.rgb), "xyz": str(sample.xyz)}
     t0 = time.perf_counter()
@@ -271,6 +305,14 @@ def _score_one(
         return {**record, "error": str(exc), "status": None}
     record.update(_result_json(result))
     record["latency_ms"] = round((time.perf_counter() - t0) * 1000, 1)
+    if overlays is not None:
+        del record["anomaly_map"]  # the picture is in its file
+        try:
+            record["overlay"] = str(overlays.write(result, sample.rgb))
+        except OSError as exc:
+            return {**record, "error": f"cannot write its overlay: {exc.strerror or exc}", "status": None}
+        except UsageError as exc:
+            return {**record, "error": str(exc), "status": None}
     return record
 
 
@@ -287,7 +329,11 @@ def _open_out(out: str) -> TextIO:
 
 def _run_dir(args: argparse.Namespace) -> int:
     if args.save_map or args.json:
-        raise UsageError("--save-map and --json are for one sample (--rgb/--xyz); --dir writes JSON lines")
+        raise UsageError(
+            "--save-map and --json are for one sample (--rgb/--xyz); --dir writes JSON lines (and --overlays)"
+        )
+    if args.overlays and args.map not in (None, "overlay"):
+        raise UsageError(f"--overlays asks for map=overlay: drop --map {args.map}")
     folder = Path(args.dir)
     given = _given_intrinsics(args)
     samples, unpaired = find_samples(folder)
@@ -304,7 +350,8 @@ def _run_dir(args: argparse.Namespace) -> int:
             found[path] = _read_intrinsics(path)
             print(f"using the camera intrinsics in {path}", file=sys.stderr)
     cloud = _Cloud(args.xyz_unit, given, found)
-    map_format = cast(MapFormat, args.map or "none")
+    overlays = _Overlays(Path(args.overlays), folder) if args.overlays else None
+    map_format = cast(MapFormat, "overlay" if overlays else (args.map or "none"))
 
     with _client(args) as client:
         # Fail fast on what would fail every sample alike: unreachable service, bad key, unknown category.
@@ -322,7 +369,7 @@ def _run_dir(args: argparse.Namespace) -> int:
             for sample in tqdm(
                 samples, unit="sample", desc=args.category, file=sys.stderr, dynamic_ncols=True
             ):
-                record = _score_one(client, args.category, map_format, cloud, sample)
+                record = _score_one(client, args.category, map_format, cloud, sample, overlays)
                 out.write(json.dumps(record) + "\n")
                 out.flush()
                 if "error" in record:
@@ -393,7 +440,17 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dir", help="score every sample under this folder, one request at a time")
     p.add_argument("--out", help="JSON lines file for --dir results ('-' for stdout)")
     p.add_argument("--map", choices=MAP_FORMATS, default=None, help="anomaly map to ask for (default: none)")
-    p.add_argument("--save-map", metavar="PNG", help="ask for the PNG heatmap and write it here (one sample)")
+    p.add_argument(
+        "--save-map",
+        metavar="PNG",
+        help="write the map's PNG here (one sample): the heatmap, or the overlay with --map overlay",
+    )
+    p.add_argument(
+        "--overlays",
+        metavar="DIR",
+        help="with --dir: ask for map=overlay and write each sample's overlay PNG (the heatmap over the part, "
+        "regions outlined, a colour bar) under DIR, named as the sample's rgb file; its JSON line names it",
+    )
     p.add_argument("--sample-id", help="sample id the service echoes back and logs (one sample)")
     p.add_argument("--json", action="store_true", help="print the full JSON answer (one sample)")
     p.add_argument("--timeout", type=float, default=30.0, help="seconds per request (default: 30)")

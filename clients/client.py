@@ -22,7 +22,7 @@ from os import PathLike
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal, Self, TypeAlias, TypeVar
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
 import httpx
 import numpy as np
@@ -37,18 +37,23 @@ __all__ = [
     "CategoryInfo",
     "Conflict",
     "ConnectionFailed",
+    "Decision",
+    "FeedbackRecord",
     "IntrinsicsInput",
     "MapFormat",
     "NotFound",
     "PatchbankClient",
     "PatchbankClientError",
     "PayloadTooLarge",
+    "Peak",
+    "RecentView",
     "Region",
     "RgbInput",
     "ScoreResult",
     "ServiceUnavailable",
     "Unauthorized",
     "UnexpectedResponse",
+    "Verdict",
     "XyzInput",
     "XyzUnit",
     "intrinsics_json",
@@ -66,9 +71,12 @@ XyzUnit: TypeAlias = Literal["m", "mm", "um"]
 IntrinsicsInput: TypeAlias = Mapping[str, float] | str | PathLike[str]
 """A depth image's camera: a mapping ``{"fx", "fy", "cx", "cy", "depth_scale"[, "width", "height"]}``, the
 same as a JSON string, or a path to a JSON file (read by the client)."""
-MapFormat: TypeAlias = Literal["none", "png", "array"]
+MapFormat: TypeAlias = Literal["none", "png", "overlay", "array"]
+"""The anomaly map to ask for: none; png, the heatmap alone; overlay, the heatmap drawn over the part's image
+with the regions outlined and a colour bar; array, the float16 values. The heatmaps' scale: 0 at the colour
+map's start, the bank's pixel threshold at mid-scale, twice it and above saturated."""
 
-MAP_FORMATS: tuple[str, ...] = ("none", "png", "array")
+MAP_FORMATS: tuple[str, ...] = ("none", "png", "overlay", "array")
 XYZ_UNITS: tuple[str, ...] = ("m", "mm", "um")
 INTRINSICS_KEYS = ("fx", "fy", "cx", "cy", "depth_scale")  # the keys a camera must give
 MAX_INTRINSICS = 1000  # characters of the intrinsics JSON the service accepts
@@ -161,8 +169,18 @@ class Region(_Model):
     peak_score: float
 
 
+class Peak(_Model):
+    """Where the anomaly map is highest, in pixels of the input image, and its value: a place to look at even
+    when no region is above the pixel threshold."""
+
+    x: int
+    y: int
+    score: float
+
+
 class AnomalyMap(_Model):
-    """The anomaly map as sent: a base64 PNG heatmap, or base64 raw little-endian array bytes."""
+    """The anomaly map as sent: a base64 PNG (``png`` heatmap, ``overlay`` over the image), or base64 raw
+    little-endian array bytes."""
 
     format: str
     data: str
@@ -184,6 +202,8 @@ class ScoreResult(_Model):
     is_anomalous: bool
     anomaly_map: AnomalyMap | None = None
     regions: tuple[Region, ...] = ()
+    peak: Peak | None = None
+    """The map's maximum (None from a service too old to send it)."""
     timings_ms: dict[str, float] = {}
 
     def map_array(self) -> np.ndarray | None:
@@ -207,8 +227,28 @@ class ScoreResult(_Model):
 
     def map_png(self) -> bytes | None:
         """The PNG heatmap's bytes, or None unless ``map="png"`` was asked."""
+        return self._png("png")
+
+    def overlay_png(self) -> bytes | None:
+        """The overlay's PNG bytes (the heatmap over the part, regions outlined, a colour bar at the right), or
+        None unless ``map="overlay"`` was asked."""
+        return self._png("overlay")
+
+    def save_overlay(self, path: str | PathLike[str]) -> Path:
+        """Write the overlay PNG to ``path`` (its folder is made) and return the path. The answer holds one
+        only when scored with ``map="overlay"``: ValueError otherwise."""
+        png = self.overlay_png()
+        if png is None:
+            sent = "no map" if self.anomaly_map is None else f'map="{self.anomaly_map.format}"'
+            raise ValueError(f'this answer holds {sent}: score with map="overlay" to save an overlay')
+        out = Path(path)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_bytes(png)
+        return out
+
+    def _png(self, fmt: str) -> bytes | None:
         m = self.anomaly_map
-        if m is None or m.format != "png":
+        if m is None or m.format != fmt:
             return None
         return _b64decode(m.data, "anomaly_map.data")
 
@@ -228,6 +268,63 @@ class CategoryInfo(_Model):
     calibration: dict[str, Any] | None = None
     evaluation: dict[str, Any] | None = None
 
+
+class Decision(_Model):
+    """One decision of the live view (``GET /recent``)."""
+
+    id: str
+    """``"<replica>-<seq>"``; give it to :meth:`PatchbankClient.feedback`."""
+    replica: str
+    seq: int
+    time: float
+    """Epoch seconds."""
+    category: str
+    sample_id: str | None = None
+    bank_version: str
+    image_score: float
+    threshold: float
+    decision: str
+    """``"OK"`` or ``"NG"``."""
+    regions: int
+    peak: float | None = None
+    latency_ms: float
+    has_sample: bool = False
+    has_map: bool = False
+
+
+class RecentView(_Model):
+    """The answer of ``GET /recent``: decisions oldest first, and each category's counts and histogram."""
+
+    source: str
+    """``"local"`` (the answering replica's) or ``"redis"`` (every replica's)."""
+    replica: str
+    cursor: str | None = None
+    """Pass as ``since`` in the next call to get only newer decisions."""
+    more: bool = False
+    decisions: tuple[Decision, ...] = ()
+    categories: dict[str, dict[str, Any]] = {}
+    """Per category: ``ok_last_hour``, ``ng_last_hour``, ``histogram`` (``edges``, ``counts``, ``threshold``)."""
+
+
+class FeedbackRecord(_Model):
+    """A stored verdict on a decision (``POST /feedback``), with where the sample's files are kept."""
+
+    id: str
+    path: str
+    """``<category>/<id>`` inside the service's feedback folder."""
+    time: float
+    replica: str
+    verdict: str
+    who: str
+    note: str | None = None
+    decision: dict[str, Any]
+    files: dict[str, str] = {}
+    files_missing: str | None = None
+
+
+Verdict: TypeAlias = Literal["confirmed", "false_alarm", "missed_defect"]
+"""confirmed: the decision was right; false_alarm: NG but the part is good; missed_defect: OK but defective."""
+VERDICTS: tuple[str, ...] = ("confirmed", "false_alarm", "missed_defect")
 
 _M = TypeVar("_M", bound=BaseModel)
 
@@ -374,6 +471,7 @@ class _Request:
     data: dict[str, str | list[str]] = field(default_factory=dict)
     files: list[tuple[str, tuple[str, bytes, str]]] = field(default_factory=list)
     headers: dict[str, str] = field(default_factory=dict)
+    content: bytes | None = None  # a JSON body
 
 
 def _error_reason(response: httpx.Response) -> str:
@@ -604,6 +702,46 @@ class _ClientCore:
             raise UnexpectedResponse(f"unexpected {what}: {errors}") from exc
 
     @staticmethod
+    def _recent_request(since: str | None, category: str | None, limit: int | None) -> _Request:
+        query = {
+            k: v for k, v in (("since", since), ("category", category), ("limit", limit)) if v is not None
+        }
+        return _Request("GET", "/recent" + ("?" + urlencode(query) if query else ""))
+
+    @staticmethod
+    def _feedback_request(
+        decision_id: str | None,
+        verdict: str,
+        who: str,
+        note: str | None,
+        sample_id: str | None,
+        category: str | None,
+    ) -> _Request:
+        if verdict not in VERDICTS:
+            raise ValueError(f"verdict must be one of {', '.join(VERDICTS)}, got {verdict!r}")
+        if (decision_id is None) == (sample_id is None) or (sample_id is not None and category is None):
+            raise ValueError("give either decision_id, or sample_id with category")
+        body = {"decision_id": decision_id, "sample_id": sample_id, "category": category}
+        body = {k: v for k, v in body.items() if v is not None} | {"verdict": verdict, "who": who}
+        if note is not None:
+            body["note"] = note
+        headers = {"Content-Type": "application/json"}
+        return _Request("POST", "/feedback", headers=headers, content=json.dumps(body).encode())
+
+    @staticmethod
+    def _feedback_list_request(category: str | None, limit: int | None) -> _Request:
+        query = {k: v for k, v in (("category", category), ("limit", limit)) if v is not None}
+        return _Request("GET", "/feedback" + ("?" + urlencode(query) if query else ""))
+
+    @classmethod
+    def _parse_feedback_list(cls, response: httpx.Response) -> list[FeedbackRecord]:
+        body = cls._json(response)
+        items = body.get("records") if isinstance(body, dict) else None
+        if not isinstance(items, list):
+            raise UnexpectedResponse("feedback answer has no 'records' list")
+        return [cls._validate(FeedbackRecord, r, f"records[{i}]") for i, r in enumerate(items)]
+
+    @staticmethod
     def _is_healthy(response: httpx.Response) -> bool:
         if response.status_code != 200:
             return False
@@ -663,6 +801,7 @@ class PatchbankClient(_ClientCore):
                     data=req.data or None,
                     files=req.files or None,
                     headers=req.headers or None,
+                    content=req.content,
                 )
             except httpx.TransportError as exc:
                 delay = self._after_transport_error(exc, attempt)
@@ -686,7 +825,8 @@ class PatchbankClient(_ClientCore):
         xyz_unit: XyzUnit | None = None,
         intrinsics: IntrinsicsInput | None = None,
     ) -> ScoreResult:
-        """Score one sample. See :data:`RgbInput` and :data:`XyzInput` for what the inputs may be.
+        """Score one sample. See :data:`RgbInput` and :data:`XyzInput` for what the inputs may be, and
+        :data:`MapFormat` for ``map`` (``"overlay"`` for :meth:`ScoreResult.save_overlay`).
 
         ``xyz_unit``: the unit of an xyz cloud's coordinates when not metres (``"mm"``, ``"um"``); the service
         refuses a cloud far off the bank's scale sent without one. ``intrinsics``: the camera of a depth image
@@ -738,6 +878,33 @@ class PatchbankClient(_ClientCore):
         except httpx.HTTPError:
             return False
 
+    def recent(
+        self, since: str | None = None, category: str | None = None, limit: int | None = None
+    ) -> RecentView:
+        """The live view: the last decisions (after ``since``, a previous answer's ``cursor``: only newer
+        ones), each category's OK/NG counts over the last hour and its score histogram."""
+        response = self._send(self._recent_request(since, category, limit))
+        return self._validate(RecentView, self._json(response), "recent answer")
+
+    def feedback(
+        self,
+        decision_id: str | None = None,
+        *,
+        verdict: Verdict,
+        who: str,
+        note: str | None = None,
+        sample_id: str | None = None,
+        category: str | None = None,
+    ) -> FeedbackRecord:
+        """A verdict on a recent decision, named by ``decision_id`` or by ``sample_id`` and ``category``; the
+        service keeps it with the sample's files. :class:`NotFound` when the decision is no longer kept."""
+        req = self._feedback_request(decision_id, verdict, who, note, sample_id, category)
+        return self._validate(FeedbackRecord, self._json(self._send(req)), "feedback answer")
+
+    def feedback_records(self, category: str | None = None, limit: int | None = None) -> list[FeedbackRecord]:
+        """Stored verdicts, newest first."""
+        return self._parse_feedback_list(self._send(self._feedback_list_request(category, limit)))
+
 
 # --------------------------------------------------------------------------------------------------- async
 
@@ -782,6 +949,7 @@ class AsyncPatchbankClient(_ClientCore):
                     data=req.data or None,
                     files=req.files or None,
                     headers=req.headers or None,
+                    content=req.content,
                 )
             except httpx.TransportError as exc:
                 delay = self._after_transport_error(exc, attempt)
@@ -864,3 +1032,30 @@ class AsyncPatchbankClient(_ClientCore):
             return (await self._http.get("/readyz")).status_code == 200
         except httpx.HTTPError:
             return False
+
+    async def recent(
+        self, since: str | None = None, category: str | None = None, limit: int | None = None
+    ) -> RecentView:
+        """The live view; as :meth:`PatchbankClient.recent`."""
+        response = await self._send(self._recent_request(since, category, limit))
+        return self._validate(RecentView, self._json(response), "recent answer")
+
+    async def feedback(
+        self,
+        decision_id: str | None = None,
+        *,
+        verdict: Verdict,
+        who: str,
+        note: str | None = None,
+        sample_id: str | None = None,
+        category: str | None = None,
+    ) -> FeedbackRecord:
+        """A verdict on a recent decision; as :meth:`PatchbankClient.feedback`."""
+        req = self._feedback_request(decision_id, verdict, who, note, sample_id, category)
+        return self._validate(FeedbackRecord, self._json(await self._send(req)), "feedback answer")
+
+    async def feedback_records(
+        self, category: str | None = None, limit: int | None = None
+    ) -> list[FeedbackRecord]:
+        """Stored verdicts, newest first."""
+        return self._parse_feedback_list(await self._send(self._feedback_list_request(category, limit)))

@@ -15,6 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
+from PIL import Image
 from pydantic import BaseModel, Field
 from tqdm.auto import tqdm
 
@@ -24,7 +25,7 @@ from patchbank.data import SampleRef
 from patchbank.decode import DEFAULT_MAX_PIXELS, check_pair, decode_rgb
 from patchbank.errors import DataError, InputError
 from patchbank.preprocess import DEFAULT_MAX_MAP_SIDE, Prepared, prepare
-from patchbank.regions import Region, find_regions
+from patchbank.regions import Peak, Region, find_peak, find_regions
 from patchbank.scorer import BankScorer, resize_map
 from patchbank.units import CloudScale, check_scale
 
@@ -65,15 +66,22 @@ class Sample:
             check_scale(xyz, scale, field, depth_image=decoded.kind == "depth")
         return xyz
 
+    def decode(
+        self, intrinsics: Intrinsics | None = None, scale: CloudScale | None = None
+    ) -> tuple[Image.Image, np.ndarray]:
+        """Both inputs decoded and checked to belong together: the RGB image and the (H, W, 3) float32 cloud
+        in metres; ``intrinsics`` and ``scale``: the bank's (see :meth:`cloud`)."""
+        image = decode_rgb(self.rgb, self.fields[0], self.max_pixels)
+        xyz = self.cloud(intrinsics, scale)
+        check_pair(image, xyz, self.fields)
+        return image, xyz
+
     def prepare(
         self, size: int, intrinsics: Intrinsics | None = None, scale: CloudScale | None = None
     ) -> Prepared:
         """Decode both inputs, check that they belong together, and prepare them at ``size``;
         ``intrinsics`` and ``scale``: the bank's (see :meth:`cloud`)."""
-        image = decode_rgb(self.rgb, self.fields[0], self.max_pixels)
-        xyz = self.cloud(intrinsics, scale)
-        check_pair(image, xyz, self.fields)
-        return prepare(image, xyz, size)
+        return prepare(*self.decode(intrinsics, scale), size)
 
 
 class StageTimings(BaseModel):
@@ -92,7 +100,9 @@ class Prediction:
     map224: (224, 224) float32 blurred anomaly map at the model's resolution (what the metrics use);
     anomaly_map: (H, W) float32 map at the input RGB's resolution, or smaller with the aspect kept when that
     is over the longest side allowed (None unless asked for); regions: the connected areas of
-    ``anomaly_map`` above the pixel threshold, in the input's pixels.
+    ``anomaly_map`` above the pixel threshold, in the input's pixels; peak: the map's maximum (``anomaly_map``,
+    else ``map224``) in the input's pixels, the place to look at even when no region is above the threshold;
+    image: the input RGB at ``anomaly_map``'s size, for drawing the map over it (None unless asked for).
     """
 
     sample_id: str | None
@@ -102,9 +112,11 @@ class Prediction:
     pixel_threshold: float
     map224: np.ndarray
     input_size: tuple[int, int]  # the RGB's (width, height), pixels
+    peak: Peak
     timings: StageTimings
     anomaly_map: np.ndarray | None = None
     regions: list[Region] = field(default_factory=list)
+    image: Image.Image | None = None
 
 
 def map_size(input_size: tuple[int, int], max_side: int) -> tuple[int, int]:
@@ -126,19 +138,30 @@ def predict(
     samples: Sequence[Sample],
     full_maps: bool = True,
     max_map_side: int = DEFAULT_MAX_MAP_SIDE,
+    keep_image: bool = False,
 ) -> list[Prediction]:
     """Score samples in one pass (one backbone pass per member, one search); ``full_maps``: also the map at
     each input's resolution (at most ``max_map_side`` on its longer side, :func:`map_size`) and its regions,
-    in the input's pixels. The first bad sample raises its InputError (naming it when there are several)."""
+    in the input's pixels; ``keep_image``: also each RGB image at that map's size (``Prediction.image``), to
+    draw the map over. The first bad sample raises its InputError (naming it when there are several)."""
     t0 = time.perf_counter()
     manifest = scorer.bank.manifest
     prepared = []
+    images: list[Image.Image | None] = []
     for i, s in enumerate(samples):
         if len(samples) > 1 and s.fields == Sample.fields:  # form fields: say which sample of the batch
             s = dataclasses.replace(s, fields=(f"rgb[{i}]", f"xyz[{i}]"))
-        prepared.append(s.prepare(scorer.image_size, manifest.intrinsics, manifest.cloud_scale))
+        image, xyz = s.decode(manifest.intrinsics, manifest.cloud_scale)
+        prepared.append(prepare(image, xyz, scorer.image_size))
+        images.append(_at_map_size(image, max_map_side) if keep_image else None)
     ids = [s.sample_id for s in samples]
-    return predict_prepared(scorer, prepared, ids, full_maps, _ms(t0), max_map_side)
+    return predict_prepared(scorer, prepared, ids, full_maps, _ms(t0), max_map_side, images)
+
+
+def _at_map_size(image: Image.Image, max_side: int) -> Image.Image:
+    """The image at the size of its answer's map (:func:`map_size`): bounded memory, whatever was sent."""
+    size = map_size(image.size, max_side)
+    return image if size == image.size else image.resize(size, Image.Resampling.BILINEAR, reducing_gap=2.0)
 
 
 def predict_prepared(
@@ -148,8 +171,10 @@ def predict_prepared(
     full_maps: bool = True,
     decode_ms: float = 0.0,
     max_map_side: int = DEFAULT_MAX_MAP_SIDE,
+    images: Sequence[Image.Image | None] | None = None,
 ) -> list[Prediction]:
-    """:func:`predict` from prepared samples (the stages after decoding)."""
+    """:func:`predict` from prepared samples (the stages after decoding); ``images``: each sample's RGB at its
+    map's size, handed on as ``Prediction.image``."""
     t1 = time.perf_counter()
     feats, keep = scorer.features_and_parts(prepared)
     features_ms = _ms(t1)
@@ -159,10 +184,13 @@ def predict_prepared(
     t3 = time.perf_counter()
     thresholds = scorer.bank.manifest.thresholds
     out = []
-    for i, (p, sid) in enumerate(zip(prepared, sample_ids, strict=True)):
+    kept: Sequence[Image.Image | None] = [None] * len(prepared) if images is None else images
+    for i, (p, sid, image) in enumerate(zip(prepared, sample_ids, kept, strict=True)):
         size = map_size(p.input_size, max_map_side)
         amap = resize_map(scores.maps[i], size) if full_maps else None
         image_score = float(scores.image[i])
+        peaked = scores.maps[i] if amap is None else amap
+        peak = find_peak(peaked).scaled((peaked.shape[1], peaked.shape[0]), p.input_size)
         out.append(
             dict(
                 sample_id=sid,
@@ -172,7 +200,9 @@ def predict_prepared(
                 pixel_threshold=thresholds.pixel,
                 map224=scores.maps[i],
                 input_size=p.input_size,
+                peak=peak,
                 anomaly_map=amap,
+                image=image,
                 regions=[]
                 if amap is None
                 else [r.scaled(size, p.input_size) for r in find_regions(amap, thresholds.pixel)],

@@ -1,4 +1,5 @@
-"""Defect regions: connected areas of an anomaly map above the pixel threshold, and the map as a heatmap."""
+"""Defect regions: connected areas of an anomaly map above the pixel threshold, the map's peak, and the map as
+a heatmap."""
 
 from __future__ import annotations
 
@@ -39,6 +40,32 @@ class Region:
         return Region(box, round(self.area_px * sx * sy), self.peak_score)
 
 
+@dataclass(frozen=True)
+class Peak:
+    """The anomaly map's maximum: the pixel (x, y) and its value. An NG part whose map stays under the pixel
+    threshold has no region, but it always has a peak to point at."""
+
+    x: int
+    y: int
+    score: float
+
+    def scaled(self, found_at: tuple[int, int], to: tuple[int, int]) -> Peak:
+        """The peak found on a map of ``found_at`` (width, height) in the pixels of a ``to`` image: the pixel
+        under the map pixel's centre."""
+        if found_at == to:
+            return self
+        x = math.floor((self.x + 0.5) * to[0] / found_at[0])
+        y = math.floor((self.y + 0.5) * to[1] / found_at[1])
+        return Peak(min(x, to[0] - 1), min(y, to[1] - 1), self.score)
+
+
+def find_peak(amap: np.ndarray) -> Peak:
+    """The largest value of (H, W) ``amap`` and where it is (the first in row order on a tie)."""
+    flat = int(np.argmax(amap))
+    y, x = divmod(flat, amap.shape[1])
+    return Peak(x, y, float(amap[y, x]))
+
+
 def find_regions(amap: np.ndarray, threshold: float) -> list[Region]:
     """8-connected regions of (H, W) ``amap`` > threshold, largest peak first.
 
@@ -66,7 +93,15 @@ def _palette() -> np.ndarray:
     return (_RAMP[lo] * (1 - frac) + _RAMP[lo + 1] * frac).round().astype(np.uint8)
 
 
-_PALETTE = _palette()
+PALETTE = _palette()
+"""(256, 3) uint8: the colour of each heatmap level, 0 (no anomaly) to 255 (twice the pixel threshold)."""
+
+
+def heatmap_levels(amap: np.ndarray, threshold: float) -> np.ndarray:
+    """(H, W) map -> (H, W) uint8 palette levels: 0 at 0, the pixel threshold at mid-scale (127.5), twice it
+    and above at 255."""
+    scale = 255.0 / (2.0 * threshold) if threshold > 0 else 0.0
+    return np.clip(amap * scale + 0.5, 0, 255).astype(np.uint8)
 
 
 def heatmap_png(amap: np.ndarray, threshold: float) -> bytes:
@@ -74,10 +109,8 @@ def heatmap_png(amap: np.ndarray, threshold: float) -> bytes:
 
     A palette image at PNG's fastest compression: a few milliseconds for 800 x 800 (the map is smooth, so
     the file stays small)."""
-    scale = 255.0 / (2.0 * threshold) if threshold > 0 else 0.0
-    level = np.clip(amap * scale + 0.5, 0, 255).astype(np.uint8)
-    image = Image.fromarray(level)  # "L"; the palette makes it "P"
-    image.putpalette(_PALETTE.tobytes())
+    image = Image.fromarray(heatmap_levels(amap, threshold))  # "L"; the palette makes it "P"
+    image.putpalette(PALETTE.tobytes())
     buf = io.BytesIO()
     image.save(buf, format="PNG", compress_level=1)
     return buf.getvalue()

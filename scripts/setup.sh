@@ -13,7 +13,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 apt_packages=(libusb-1.0-0 libgomp1)   # open3d needs libusb-1.0; torch and faiss need OpenMP
-[[ ${PATCHBANK_SETUP_TESTS:-1} == 1 ]] && apt_packages+=(redis-server)   # the tests start a real Redis
+# the tests start a real Redis, and drive Debian's Chromium (tests/browser: Playwright, which downloads nothing)
+[[ ${PATCHBANK_SETUP_TESTS:-1} == 1 ]] && apt_packages+=(redis-server chromium)
 missing=()
 for p in "${apt_packages[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if ((${#missing[@]})); then
@@ -25,6 +26,9 @@ if ((${#missing[@]})); then
 fi
 
 die() { echo "setup.sh: $*" >&2; exit 1; }
+
+[[ ${PATCHBANK_SETUP_TESTS:-1} != 1 || -x /usr/bin/chromium ]] \
+  || die "the chromium package is installed but /usr/bin/chromium is missing; the browser tests need it"
 
 # Print the path of a working interpreter for $1 (a command or a path), or nothing.
 resolve_python() {

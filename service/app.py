@@ -41,7 +41,9 @@ from patchbank.errors import (
 from patchbank.loaded import LoadedBanks
 from patchbank.predict import Sample
 from patchbank.scorer import BankScorer
+from patchbank_service import console
 from patchbank_service.batching import Batcher
+from patchbank_service.feedback import FeedbackNotStored
 from patchbank_service.limits import BodyLimit, KeyGate, key_ok
 from patchbank_service.models import (
     MAX_SAMPLE_ID,
@@ -56,7 +58,9 @@ from patchbank_service.models import (
     ScoreResponse,
 )
 from patchbank_service.observability import Metrics
-from patchbank_service.replicas import IdempotencyConflict, ReplicaLink, event_fields, request_digest
+from patchbank_service.replicas import IdempotencyConflict, ReplicaLink, request_digest
+from patchbank_service.review import Review
+from patchbank_service.review import router as review_router
 from patchbank_service.scoring import score_samples
 from patchbank_service.settings import ServiceSettings
 
@@ -88,6 +92,7 @@ STATUS: list[tuple[type[Exception], int]] = [
     (Forbidden, 403),
     (Busy, 503),
     (NotReady, 503),
+    (FeedbackNotStored, 503),
     (IdempotencyConflict, 409),
     (BankError, 409),
     (WeightsError, 409),
@@ -122,6 +127,7 @@ class State:
                 settings.stream_maxlen,
                 settings.idempotency_ttl_s,
             )
+        self.review = Review(settings, loaded, self.replicas)  # recent decisions and feedback (GET /recent)
 
     def load(self) -> None:
         """Load every bank, warm the extractors up, then turn ready (runs in a thread at start-up)."""
@@ -209,7 +215,7 @@ MAX_INTRINSICS = 1000  # characters of the intrinsics JSON
 
 # Paths that need no API key. Every other path is checked by KeyGate from the headers alone, before the body
 # is read; the routes name the header (``api_key``) so that the API docs show it and offer to send it.
-PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/docs", "/docs/oauth2-redirect", "/redoc"})
+PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/metrics"}) | console.PUBLIC_PATHS  # and /static/...
 api_key = APIKeyHeader(name="X-API-Key", auto_error=False, description="needed when API keys are set")
 
 
@@ -273,13 +279,18 @@ def create_app(settings: ServiceSettings | None = None, loaded: LoadedBanks | No
         version="0.1.0",
         lifespan=lifespan,
         responses=errors,
+        docs_url=None,  # /docs and /redoc come from patchbank_service.console, with vendored assets
+        redoc_url=None,
     )
     app.state.patchbank = state
     app.add_middleware(BodyLimit, limit=settings.max_upload_bytes)
     keys = list(dict.fromkeys(settings.api_keys + settings.admins))  # an admin key may also score
-    app.add_middleware(KeyGate, keys=keys, public=PUBLIC_PATHS | {"/openapi.json"})
+    public = PUBLIC_PATHS | {"/openapi.json"}
+    app.add_middleware(KeyGate, keys=keys, public=public, public_prefixes=console.PUBLIC_PREFIXES)
     _install_handlers(app, state)
     _install_routes(app)
+    app.include_router(review_router, dependencies=[Depends(api_key)])
+    console.install(app)  # the console, the API docs and their static files
     return app
 
 
@@ -322,7 +333,10 @@ def _install_routes(app: FastAPI) -> None:
         intrinsics: Annotated[
             str | None, Form(max_length=MAX_INTRINSICS, description=INTRINSICS_HELP)
         ] = None,
-        map: Annotated[MapFormat | None, Form(description="none, png (heatmap) or array (float16)")] = None,
+        map: Annotated[
+            MapFormat | None,
+            Form(description="none, png (heatmap), overlay (the heatmap over the image) or array (float16)"),
+        ] = None,
         sample_id: Annotated[
             str | None, Form(max_length=MAX_SAMPLE_ID, description="the line's id of this part, echoed back")
         ] = None,
@@ -354,7 +368,7 @@ def _install_routes(app: FastAPI) -> None:
             if stored is not None:
                 return stored
         result = await state.score_one(scorer, upload, fmt)
-        _observe(state, [result], start)
+        _observe(state, [result], start, [upload])
         if digest is not None and state.replicas is not None:
             await state.replicas.remember(idempotency_key or "", digest, result)
         return result
@@ -405,7 +419,7 @@ def _install_routes(app: FastAPI) -> None:
             state.metrics.batch_size.observe(len(uploads))
             fmt = map or state.settings.default_map
             results = await state.in_thread(state.score_samples, scorer, uploads, fmt)
-        _observe(state, results, start)
+        _observe(state, results, start, uploads)
         return BatchResponse(results=results)
 
     @app.get(
@@ -471,17 +485,19 @@ async def _sent_once(request: Request, names: tuple[str, ...]) -> None:
             raise InputError(f"field {name} was sent {count} times; send it once")
 
 
-def _observe(state: State, results: list[ScoreResponse], start: float) -> None:
+def _observe(state: State, results: list[ScoreResponse], start: float, uploads: list[Sample]) -> None:
     latency_ms = (time.perf_counter() - start) * 1000.0
     m = state.metrics
     t = results[0].timings_ms
     for stage in ("decode", "features", "search", "post"):
         m.stage_seconds.labels(stage=stage).observe(getattr(t, stage) / 1000.0)
     m.stage_seconds.labels(stage="total").observe(latency_ms / 1000.0)
-    for r in results:
+    now = time.time()
+    for r, upload in zip(results, uploads, strict=True):
         r.timings_ms.total = latency_ms
+        recorded = state.review.record(r, upload, latency_ms, now)
         if state.replicas is not None:
-            state.replicas.record_score(event_fields(r, latency_ms))
+            state.replicas.record_score(recorded.to_event())
         decision = "NG" if r.is_anomalous else "OK"
         m.image_score.labels(category=r.category).observe(r.image_score)
         m.decisions.labels(category=r.category, decision=decision).inc()

@@ -58,16 +58,25 @@ class BodyLimit:
 
 class KeyGate:
     """API keys checked from the headers, before the body is read: an unauthenticated 60 MB upload costs
-    the server nothing. ``public`` paths (health, metrics, the API docs) need no key; with no key
+    the server nothing. ``public`` paths (health, metrics, the API docs) need no key, nor any path under
+    one of ``public_prefixes`` (the console's static files) that has no ``..`` segment; with no key
     configured every path is open."""
 
-    def __init__(self, app: ASGIApp, keys: list[str], public: frozenset[str]) -> None:
+    def __init__(
+        self, app: ASGIApp, keys: list[str], public: frozenset[str], public_prefixes: tuple[str, ...] = ()
+    ) -> None:
         self.app = app
         self.keys = keys
         self.public = public
+        self.public_prefixes = public_prefixes
+
+    def is_public(self, path: str) -> bool:
+        if path in self.public:
+            return True
+        return path.startswith(self.public_prefixes) and ".." not in path.split("/")
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or not self.keys or scope["path"] in self.public:
+        if scope["type"] != "http" or not self.keys or self.is_public(scope["path"]):
             await self.app(scope, receive, send)
             return
         given = dict(scope["headers"]).get(b"x-api-key", b"").decode("latin-1")

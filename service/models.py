@@ -9,16 +9,28 @@ from pydantic import BaseModel, Field
 from patchbank.bank import EvaluationRecord
 from patchbank.predict import StageTimings
 
-MapFormat = Literal["none", "png", "array"]
+MapFormat = Literal["none", "png", "overlay", "array"]
 MAX_SAMPLE_ID = 256  # characters of a sample_id: it is echoed, logged and stored with every decision
 
 
-class AnomalyMap(BaseModel):
-    """The anomaly map at the input image's resolution."""
+HEATMAP_SCALE = (
+    "png/overlay heatmap: 0 at the colour map's start, the bank's pixel_threshold at mid-scale, twice it and "
+    "above saturated"
+)
 
-    format: Literal["png", "array"] = Field(description="png: a heatmap image; array: raw float16 values")
-    width: int = Field(description="pixels")
-    height: int = Field(description="pixels")
+
+class AnomalyMap(BaseModel):
+    """The anomaly map at the input image's resolution (scaled down, aspect kept, above the service's
+    max_map_side)."""
+
+    format: Literal["png", "overlay", "array"] = Field(
+        description="png: the heatmap alone, an 8-bit palette image of the map's size; overlay: the heatmap "
+        "over the part's image, transparent below half the pixel threshold, each region outlined with its peak "
+        "score (or a cross on the peak when there is none), and a colour bar with ticks at 0, the pixel "
+        "threshold and twice it to the right of the map; array: raw float16 values. " + HEATMAP_SCALE
+    )
+    width: int = Field(description="pixels of the map (an overlay's PNG is wider by its colour bar)")
+    height: int = Field(description="pixels of the map")
     data: str = Field(
         description="base64 of the PNG file, or of the little-endian float16 (H, W) C-order bytes"
     )
@@ -30,6 +42,15 @@ class RegionOut(BaseModel):
     bbox: tuple[int, int, int, int] = Field(description="x0, y0, x1, y1 in input pixels (x1, y1 exclusive)")
     area_px: int = Field(description="pixels above the pixel threshold")
     peak_score: float = Field(description="largest anomaly-map value in the region")
+
+
+class PeakOut(BaseModel):
+    """Where the anomaly map is highest: a location to look at even when no region is above the pixel
+    threshold (an NG part with ``regions: []``)."""
+
+    x: int = Field(description="column of the map's maximum, in input pixels (0 = left)")
+    y: int = Field(description="row of the map's maximum, in input pixels (0 = top)")
+    score: float = Field(description="the map's largest value: above pixel_threshold when there is a region")
 
 
 class Timings(StageTimings):
@@ -46,6 +67,10 @@ class ScoreResponse(BaseModel):
     is_anomalous: bool
     anomaly_map: AnomalyMap | None = None
     regions: list[RegionOut]
+    peak: PeakOut = Field(
+        description="the anomaly map's maximum, in input pixels, and its value: every answer names where to look, "
+        "even an NG part with no region above the pixel threshold; the top region, if any, contains it"
+    )
     timings_ms: Timings
 
 

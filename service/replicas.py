@@ -9,7 +9,6 @@ import contextlib
 import hashlib
 import logging
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +22,7 @@ from patchbank.errors import PatchbankError, shorten
 from patchbank.loaded import LoadedBanks
 from patchbank_service.models import ScoreResponse
 from patchbank_service.observability import Metrics
+from patchbank_service.recent import COUNTS_PREFIX, COUNTS_TTL_S
 
 log = logging.getLogger("patchbank.replicas")
 
@@ -146,12 +146,23 @@ class ReplicaLink:
         task.add_done_callback(self._tasks.discard)
 
     async def _append(self, fields: dict[str, str]) -> None:
+        """The event, and one more OK or NG in its category's counter of that minute (the live view's)."""
+        counter = f"{COUNTS_PREFIX}{fields['category']}:{int(float(fields['time']) // 60)}"
         try:
-            await self._aclient.xadd(
+            pipe = self._aclient.pipeline(transaction=False)
+            pipe.xadd(
                 active.STREAM_PREFIX + fields["category"], fields, maxlen=self.stream_maxlen, approximate=True
             )
+            pipe.hincrby(counter, fields["decision"], 1)
+            pipe.expire(counter, COUNTS_TTL_S)
+            await pipe.execute()
         except (redis.RedisError, OSError):
             self.metrics.stream_dropped.inc()
+
+    @property
+    def aclient(self) -> aredis.Redis:
+        """The request path's Redis client (the live view and review read and write through it)."""
+        return self._aclient
 
     async def recall(
         self, key: str, digest: str, category: str, sample_id: str | None
@@ -197,15 +208,3 @@ class ReplicaLink:
 
     async def aclose(self) -> None:
         await self._aclient.aclose()
-
-
-def event_fields(r: Any, latency_ms: float) -> dict[str, str]:
-    return {
-        "category": r.category,
-        "sample_id": r.sample_id or "",
-        "score": f"{r.image_score:.6g}",
-        "decision": "NG" if r.is_anomalous else "OK",
-        "bank_version": r.bank_version,
-        "latency_ms": f"{latency_ms:.1f}",
-        "time": f"{time.time():.3f}",
-    }

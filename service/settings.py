@@ -3,6 +3,7 @@ plus what only the service reads."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import Field, field_validator, model_validator
@@ -58,7 +59,10 @@ class ServiceSettings(Settings):
         description="comma-separated categories whose banks must load for /readyz to say ready (default: any "
         "one bank)",
     )
-    default_map: Literal["none", "png", "array"] = Field("png", description="anomaly map format by default")
+    default_map: Literal["none", "png", "overlay", "array"] = Field(
+        "png",
+        description="anomaly map format by default: none, png (heatmap), overlay (over the image) or array",
+    )
     max_map_side: int = Field(
         DEFAULT_MAX_MAP_SIDE,
         ge=16,
@@ -69,6 +73,24 @@ class ServiceSettings(Settings):
     sync_interval_s: float = Field(2.0, gt=0, description="how often a replica re-reads the shared registry")
     stream_maxlen: int = Field(10000, ge=1, description="score events kept per category in the Redis stream")
     idempotency_ttl_s: int = Field(86400, ge=1, description="how long an Idempotency-Key's answer is kept")
+    recent_size: int = Field(
+        200, ge=1, le=100000, description="decisions a replica keeps for the live view (GET /recent)"
+    )
+    recent_samples: int = Field(
+        20,
+        ge=0,
+        description="last samples whose uploaded files and map a replica keeps for the console and for review "
+        "(GET /recent/{id}/rgb, /map; POST /feedback); 0 = keep none",
+    )
+    recent_samples_mb: float = Field(
+        64.0, ge=0, description="MiB those samples may take together; the oldest go first"
+    )
+    feedback_dir: Path | None = Field(
+        None, description="folder of review records (POST /feedback); default: <banks>/.feedback"
+    )
+    feedback_keep: int = Field(
+        1000, ge=1, description="review records kept per category; the oldest are deleted beyond it"
+    )
 
     @field_validator("api_keys", "admin_keys", "required_categories", mode="before")
     @classmethod

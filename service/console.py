@@ -1,0 +1,184 @@
+"""The inspection console and the API docs, served by the service itself with no internet access.
+
+A quality engineer opens ``/`` in a browser on the line's network: an overview of the loaded banks, a page to
+inspect one part (its anomaly map over the image, defect regions, and its point cloud in 3D), the live
+decisions of every line, and a review page where an operator confirms or corrects a decision. The pages are
+static files (``static/console/``, plain HTML, CSS and JavaScript modules, no build step) calling the
+service's own API with the operator's key; the third-party scripts they load (Swagger UI, Redoc, three.js)
+are vendored under ``static/vendor/`` (see its README). The page files need no key; every answer with data
+does.
+
+Two small helpers serve the console: ``/console/colorbar.png``, the anomaly map's palette from
+:func:`patchbank.regions.heatmap_png` itself (so the console's overlay and colour bar cannot drift from the
+server's PNG maps), and ``/console/points``, a point cloud in a form a browser can draw.
+"""
+
+from __future__ import annotations
+
+import base64
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import numpy as np
+from fastapi import APIRouter, Depends, FastAPI, File, Form, Request, UploadFile
+from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html, get_swagger_ui_oauth2_redirect_html
+from fastapi.responses import FileResponse, HTMLResponse, Response
+from fastapi.security import APIKeyHeader
+from fastapi.staticfiles import StaticFiles
+from pydantic import BaseModel, Field
+
+from patchbank.clouds import Intrinsics, XyzUnit
+from patchbank.predict import Sample
+from patchbank.preprocess import valid_points
+from patchbank.regions import heatmap_png
+
+if TYPE_CHECKING:
+    from patchbank_service.app import State
+
+STATIC = Path(__file__).resolve().parent / "static"
+VENDOR = "static/vendor"
+MAX_POINTS = 50_000  # points sent to the browser's 3D view, at most
+MAX_INTRINSICS = 1000  # characters of the intrinsics JSON, as /score
+
+# Paths that need no API key: the pages and their files carry no data; what they show comes from API
+# calls that send the operator's key.
+PUBLIC_PATHS = frozenset({"/", "/docs", "/docs/oauth2-redirect", "/redoc", "/console/colorbar.png"})
+PUBLIC_PREFIXES = ("/static/",)
+
+router = APIRouter()
+api_key = APIKeyHeader(name="X-API-Key", auto_error=False, description="needed when API keys are set")
+
+
+class CloudPoints(BaseModel):
+    """A point cloud's valid points, evenly subsampled, for the console's 3D view."""
+
+    width: int = Field(description="columns of the organized cloud (pixels)")
+    height: int = Field(description="rows of the organized cloud (pixels)")
+    valid: int = Field(description="valid points in the cloud (finite, not (0, 0, 0))")
+    count: int = Field(description=f"points sent: every valid point, or {MAX_POINTS} evenly spread ones")
+    points: str = Field(description="base64 of little-endian float32 (count, 3) x, y, z in metres")
+    pixels: str = Field(
+        description="base64 of little-endian uint32 (count,): each point's pixel, row * width + column"
+    )
+
+
+def install(app: FastAPI) -> None:
+    """Add the console, the offline API docs and the static files to ``app`` (built with no docs URLs)."""
+    app.include_router(router)
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+
+
+def _base(request: Request) -> str:
+    """The service's URL prefix when it runs behind a proxy under a sub-path ('' otherwise)."""
+    return str(request.scope.get("root_path", "")).rstrip("/")
+
+
+@router.get("/", include_in_schema=False)
+async def console() -> FileResponse:
+    """The inspection console."""
+    return FileResponse(STATIC / "console" / "index.html", headers={"Cache-Control": "no-cache"})
+
+
+@router.get("/docs", include_in_schema=False)
+async def swagger_ui(request: Request) -> HTMLResponse:
+    """Swagger UI, from the vendored files."""
+    base = _base(request)
+    return get_swagger_ui_html(
+        openapi_url=base + str(request.app.openapi_url),
+        title=f"{request.app.title} - API",
+        swagger_js_url=f"{base}/{VENDOR}/swagger-ui/swagger-ui-bundle.js",
+        swagger_css_url=f"{base}/{VENDOR}/swagger-ui/swagger-ui.css",
+        swagger_favicon_url=f"{base}/{VENDOR}/swagger-ui/favicon-32x32.png",
+        oauth2_redirect_url=base + "/docs/oauth2-redirect",
+        swagger_ui_parameters={"validatorUrl": None},  # no badge fetched from swagger.io
+    )
+
+
+@router.get("/docs/oauth2-redirect", include_in_schema=False)
+async def swagger_ui_redirect() -> HTMLResponse:
+    return get_swagger_ui_oauth2_redirect_html()
+
+
+# Redoc's sidebar always shows a logo from its vendor's CDN: this policy keeps the browser from asking for
+# it (or anything else outside this server); the logo's place stays empty, as it would offline.
+REDOC_POLICY = (
+    "default-src 'self'; img-src 'self' data: blob:; style-src 'self' 'unsafe-inline'; "
+    "script-src 'self' blob:; worker-src 'self' blob:; font-src 'self' data:"
+)
+
+
+@router.get("/redoc", include_in_schema=False)
+async def redoc(request: Request) -> HTMLResponse:
+    """Redoc, from the vendored file, without web fonts or anything else from outside."""
+    base = _base(request)
+    page = get_redoc_html(
+        openapi_url=base + str(request.app.openapi_url),
+        title=f"{request.app.title} - API reference",
+        redoc_js_url=f"{base}/{VENDOR}/redoc/redoc.standalone.js",
+        redoc_favicon_url=f"{base}/{VENDOR}/swagger-ui/favicon-32x32.png",
+        with_google_fonts=False,
+    )
+    page.headers["Content-Security-Policy"] = REDOC_POLICY
+    return page
+
+
+def colorbar_png() -> bytes:
+    """A 256 x 1 PNG of the anomaly map's palette, left to right: 0 to twice the pixel threshold (the
+    threshold at mid-scale), exactly as :func:`heatmap_png` colours a map: value k / 127.5 gets level k."""
+    return heatmap_png((np.arange(256, dtype=np.float64) / 127.5)[None, :], 1.0)
+
+
+_COLORBAR = colorbar_png()
+
+
+@router.get("/console/colorbar.png", include_in_schema=False)
+async def colorbar() -> Response:
+    """The anomaly map's palette (see :func:`colorbar_png`)."""
+    return Response(_COLORBAR, media_type="image/png", headers={"Cache-Control": "max-age=3600"})
+
+
+@router.post("/console/points", response_model=CloudPoints, dependencies=[Depends(api_key)], tags=["console"])
+async def points(
+    request: Request,
+    xyz: Annotated[UploadFile, File(description="point cloud, any format /score accepts")],
+    category: Annotated[
+        str | None, Form(description="its category: a depth image sent without intrinsics uses the bank's")
+    ] = None,
+    xyz_unit: Annotated[XyzUnit | None, Form(description="as for /score")] = None,
+    intrinsics: Annotated[str | None, Form(max_length=MAX_INTRINSICS, description="as for /score")] = None,
+) -> CloudPoints:
+    """A point cloud's valid points in metres (at most 50 000, evenly spread) with each point's pixel, for
+    the console's 3D view; the console colours each point by the anomaly map at its pixel. Decoded as
+    ``/score`` decodes it, under the same limits."""
+    state: State = request.app.state.patchbank
+    bank_camera = state.scorer(category).bank.manifest.intrinsics if category else None
+    sample = Sample(
+        b"",
+        await xyz.read(),
+        xyz.filename,
+        max_pixels=state.settings.max_pixels,
+        intrinsics=Intrinsics.from_json(intrinsics) if intrinsics else None,
+        xyz_unit=xyz_unit,
+    )
+    with state.admit():
+        return await state.in_thread(cloud_points, sample, bank_camera)
+
+
+def cloud_points(sample: Sample, bank_camera: Intrinsics | None, limit: int = MAX_POINTS) -> CloudPoints:
+    """Decode ``sample``'s cloud and keep at most ``limit`` of its valid points, evenly spread in pixel
+    order (so the view keeps the part's whole surface)."""
+    xyz = sample.cloud(bank_camera)  # (H, W, 3) float32 metres
+    h, w, _ = xyz.shape
+    valid = np.flatnonzero(valid_points(xyz) & np.isfinite(xyz).all(axis=-1))
+    keep = valid
+    if len(valid) > limit:
+        keep = valid[np.linspace(0, len(valid) - 1, limit).round().astype(np.int64)]
+    coords = np.ascontiguousarray(xyz.reshape(-1, 3)[keep], dtype="<f4")
+    return CloudPoints(
+        width=w,
+        height=h,
+        valid=len(valid),
+        count=len(keep),
+        points=base64.b64encode(coords.tobytes()).decode(),
+        pixels=base64.b64encode(keep.astype("<u4").tobytes()).decode(),
+    )

@@ -1,0 +1,90 @@
+// Overview: every loaded category with its bank, thresholds and test figures (GET /categories), the banks
+// that failed to load, and the last hour's OK / NG counts (GET /recent, via recent.js).
+
+import { el, fmt, getJson } from "./api.js";
+import { recent, subscribe } from "./recent.js";
+
+let root = null;
+let loaded = [];
+
+export function mount(section) {
+  root = section;
+  subscribe(counts);
+}
+
+export async function show() {
+  const error = root.querySelector("#overview-error");
+  try {
+    const answer = await getJson("categories");
+    loaded = answer.categories;
+    render(answer);
+    error.hidden = true;
+  } catch (err) {
+    error.textContent = `Could not read the categories: ${err.message}`;
+    error.hidden = false;
+  }
+}
+
+function falseRejects(info) {
+  const measured = info.calibration?.false_rejects;
+  if (measured) {
+    return `${pct(measured.rate)} (${pct(measured.low)} to ${pct(measured.high)}; ${measured.rejects} of ${measured.n})`;
+  }
+  const ev = info.evaluation;
+  if (ev && ev.false_reject_rate !== undefined) {
+    const [low, high] = ev.false_reject_ci || [null, null];
+    return `${pct(ev.false_reject_rate)} (${pct(low)} to ${pct(high)}; test parts)`;
+  }
+  return "–";
+}
+
+function pct(x) {
+  return x === null || x === undefined ? "–" : `${(100 * x).toFixed(1)} %`;
+}
+
+function render(answer) {
+  const body = root.querySelector("#categories tbody");
+  body.replaceChildren(
+    ...answer.categories.map((c) => {
+      const ev = c.evaluation || {};
+      return el(
+        "tr",
+        { "data-category": c.name },
+        el("td", { text: c.name }),
+        el("td", { text: c.fusion ? `${c.method} (${c.fusion})` : c.method }),
+        el("td", { text: c.bank_version }),
+        el("td", { class: "num", text: c.bank_size.toLocaleString() }),
+        el("td", { class: "num", text: fmt(c.threshold) }),
+        el("td", { class: "num", text: fmt(c.pixel_threshold) }),
+        el("td", { class: "num", text: fmt(ev.image_auroc) }),
+        el("td", { class: "num", text: fmt(ev.pixel_auroc) }),
+        el("td", { class: "num", text: fmt(ev.au_pro) }),
+        el("td", { class: "wrap", text: falseRejects(c), title: c.calibration?.false_rejects?.method || "" }),
+        el("td", { class: "num ok-count", text: "–" }),
+        el("td", { class: "num ng-count", text: "–" }),
+      );
+    }),
+  );
+  root.querySelector("#categories-empty").hidden = answer.categories.length > 0;
+  const errors = Object.entries(answer.errors || {});
+  const box = root.querySelector("#load-errors");
+  box.hidden = errors.length === 0;
+  box.querySelector("ul").replaceChildren(
+    ...errors.map(([name, why]) => el("li", {}, el("strong", { text: name }), `: ${why}`)),
+  );
+  counts();
+}
+
+function counts() {
+  if (!root) return;
+  const categories = recent.categories || {};
+  for (const row of root.querySelectorAll("#categories tbody tr")) {
+    const c = categories[row.dataset.category];
+    row.querySelector(".ok-count").textContent = c ? c.ok_last_hour : "–";
+    row.querySelector(".ng-count").textContent = c ? c.ng_last_hour : "–";
+  }
+}
+
+export function names() {
+  return loaded.map((c) => c.name);
+}
