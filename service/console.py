@@ -28,6 +28,8 @@ from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field
 
 from patchbank.clouds import Intrinsics, XyzUnit
+from patchbank.data import has_split, list_samples
+from patchbank.errors import NotFoundError, shorten
 from patchbank.predict import Sample
 from patchbank.preprocess import valid_points
 from patchbank.regions import heatmap_png
@@ -162,6 +164,59 @@ async def points(
     )
     with state.admit():
         return await state.in_thread(cloud_points, sample, bank_camera)
+
+
+MAX_SAMPLES = 500  # parts the Inspect page lists from the configured folder
+
+
+class FolderSample(BaseModel):
+    """A part of the configured sample folder: its files as paths relative to that folder."""
+
+    category: str
+    name: str = Field(description="split/kind/NNN, e.g. test/hole/000")
+    rgb: str
+    xyz: str
+
+
+def _sample_folder(state: State) -> Path:
+    root = state.settings.console_samples
+    if root is None:
+        raise NotFoundError("no sample folder is configured (PATCHBANK_CONSOLE_SAMPLES)")
+    return root.resolve()
+
+
+@router.get(
+    "/console/samples", response_model=list[FolderSample], dependencies=[Depends(api_key)], tags=["console"]
+)
+async def samples(request: Request) -> list[FolderSample]:
+    """The test parts of the configured sample folder, for the loaded categories (at most 500)."""
+    state: State = request.app.state.patchbank
+    root = _sample_folder(state)
+    found: list[FolderSample] = []
+    for category in state.loaded.categories():
+        if not has_split(root, category, "test"):
+            continue
+        for ref in list_samples(root, category, "test"):
+            rel = (str(ref.rgb.relative_to(root)), str(ref.xyz.relative_to(root)))
+            found.append(FolderSample(category=category, name=ref.name, rgb=rel[0], xyz=rel[1]))
+    return found[:MAX_SAMPLES]
+
+
+@router.get("/console/samples/file", dependencies=[Depends(api_key)], tags=["console"])
+async def sample_file(request: Request, path: str) -> FileResponse:
+    """One file of the sample folder, by its path relative to the folder; nothing outside it."""
+    root = _sample_folder(request.app.state.patchbank)
+    target = (root / path).resolve()
+    if (
+        not target.is_relative_to(root)
+        or not target.is_file()
+        or target.suffix.lower() not in SAMPLE_SUFFIXES
+    ):
+        raise NotFoundError(f"no sample file {shorten(path)} in the sample folder")
+    return FileResponse(target, filename=target.name)
+
+
+SAMPLE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".npy", ".ply", ".pcd")
 
 
 def cloud_points(sample: Sample, bank_camera: Intrinsics | None, limit: int = MAX_POINTS) -> CloudPoints:

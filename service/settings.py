@@ -91,6 +91,11 @@ class ServiceSettings(Settings):
     feedback_keep: int = Field(
         1000, ge=1, description="review records kept per category; the oldest are deleted beyond it"
     )
+    console_samples: Path | None = Field(
+        None,
+        description="a dataset folder (MVTec 3D-AD layout) whose test parts the console's Inspect page offers "
+        "to score; none: parts are uploaded only",
+    )
 
     @field_validator("api_keys", "admin_keys", "required_categories", mode="before")
     @classmethod

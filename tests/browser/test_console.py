@@ -243,3 +243,32 @@ def test_points_for_the_3d_view(url: str, part: SampleRef) -> None:
 
     bad = httpx.post(f"{url}/console/points", files={"xyz": ("x.npy", b"not a cloud")}, timeout=60)
     assert bad.status_code == 400 and "xyz" in bad.json()["detail"]
+
+
+def test_inspect_scores_a_part_from_the_sample_folder(
+    tab: Tab, fpfh_build: tuple[Path, BuildResult], demo_root: Path, tmp_path: Path
+) -> None:
+    settings = ServiceSettings(
+        banks=fpfh_build[0], device="cpu", log_json=False, feedback_dir=tmp_path, console_samples=demo_root
+    )
+    with live_server(create_app(settings)) as base:
+        listed = httpx.get(f"{base}/console/samples", timeout=30).json()
+        assert {"category": CATEGORY, "name": "test/hole/000"} in [
+            {"category": p["category"], "name": p["name"]} for p in listed
+        ]
+        for path in ("../" * 8 + "etc/passwd", str(demo_root / CATEGORY / "test"), f"{CATEGORY}/test"):
+            r = httpx.get(f"{base}/console/samples/file", params={"path": path}, timeout=30)
+            assert r.status_code == 404, (path, r.status_code)
+        page = tab.page
+        page.goto(base + "/#inspect")
+        page.locator("#inspect-sample-field").wait_for()
+        index = next(i for i, p in enumerate(listed) if p["name"] == "test/hole/000")
+        page.select_option("#inspect-sample", str(index))
+        page.wait_for_function("document.getElementById('inspect-xyz').files.length === 1")
+        assert page.input_value("#inspect-id") == "test/hole/000"
+        page.click("#inspect-submit")
+        page.locator("#inspect-result").wait_for()
+        ref = next(r for r in list_samples(demo_root, CATEGORY, "test") if r.name == "test/hole/000")
+        expected = score(base, ref)
+        assert page.inner_text("#decision") == ("NG" if expected["is_anomalous"] else "OK")
+        assert f"{expected['image_score']:.3f}" in page.inner_text("#score-line")

@@ -32,6 +32,7 @@ export function mount(section) {
     });
     input.addEventListener("change", () => zone.classList.toggle("chosen", input.files.length > 0));
   }
+  $("#inspect-sample").addEventListener("change", pickSample);
   $("#map-toggle").addEventListener("change", layers);
   $("#map-opacity").addEventListener("input", layers);
   $("#box-toggle").addEventListener("change", layers);
@@ -45,6 +46,45 @@ export async function show() {
     select.replaceChildren(...answer.categories.map((c) => el("option", { value: c.name, text: c.name })));
   } catch (err) {
     failed(`Could not read the categories: ${err.message}`);
+  }
+  listSamples();
+}
+
+// The parts of the service's sample folder (PATCHBANK_CONSOLE_SAMPLES), when one is configured.
+async function listSamples() {
+  let parts;
+  try {
+    parts = await getJson("console/samples");
+  } catch {
+    return; // no folder configured: files are chosen or dropped
+  }
+  const options = parts.map((p, i) =>
+    el("option", { value: String(i), text: `${p.category}: ${p.name}` }),
+  );
+  $("#inspect-sample").append(...options);
+  $("#inspect-sample").parts = parts;
+  $("#inspect-sample-field").hidden = parts.length === 0;
+}
+
+// Fetch a folder part's two files and put them in the file fields, as if the operator had chosen them.
+async function pickSample() {
+  const select = $("#inspect-sample");
+  const part = select.value === "" ? null : select.parts[Number(select.value)];
+  if (!part) return;
+  failed("");
+  try {
+    for (const [name, path] of [["rgb", part.rgb], ["xyz", part.xyz]]) {
+      const blob = await (await api(`console/samples/file?path=${encodeURIComponent(path)}`)).blob();
+      const files = new DataTransfer();
+      files.items.add(new File([blob], path.split("/").pop()));
+      const input = $(`#inspect-${name}`);
+      input.files = files.files;
+      input.dispatchEvent(new Event("change"));
+    }
+    $("#inspect-category").value = part.category;
+    $("#inspect-id").value = part.name;
+  } catch (err) {
+    failed(`Could not fetch the part: ${err.message}`);
   }
 }
 
