@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from patchbank.bank import EvaluationRecord
 from patchbank.data import GOOD, read_rgb
 from patchbank.metrics import pro_curve
 from patchbank.overlay import overlay_png
@@ -30,43 +31,57 @@ REPORT_FILE = "index.html"
 
 def write_report(out: Path, ev: Evaluation, scored: Scored, pixel_threshold: float) -> Path:
     """Write ``out/index.html`` and return its path."""
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / REPORT_FILE
+    title = f"{ev.category} {ev.bank_version} ({ev.method})"
+    path.write_text(render_report(title, ev, scored, pixel_threshold), encoding="utf-8")
+    return path
+
+
+def render_report(title: str, ev: EvaluationRecord, scored: Scored | None, pixel_threshold: float) -> str:
+    """The report as one HTML page. Without ``scored`` (the maps) it is drawn from the per-part scores a
+    bank records with its evaluation: figures, table, ROC curves and distributions, no PRO curve nor
+    galleries (the console's page for a bank, which costs no scoring)."""
     import matplotlib
 
     matplotlib.use("Agg")  # no screen: render to memory
-    out.mkdir(parents=True, exist_ok=True)
-    kinds = np.array([r.kind for r in scored.refs])
-    sections = [
-        _summary(ev),
-        _per_defect(ev),
-        "<h2>Curves</h2>"
-        + _img(_roc_figure(kinds, scored.scores), "ROC curves")
-        + _img(_pro_figure(scored.masks, scored.maps), "PRO curve"),
-        "<h2>Score distributions</h2>"
-        + _img(_distribution_figure(kinds, scored.scores, ev.threshold), "scores"),
-        _gallery(
-            "Worst misses (defective parts, lowest scores)",
-            _worst(kinds != GOOD, scored.scores, low=True),
-            scored,
-            ev.threshold,
-            pixel_threshold,
-        ),
-        _gallery(
-            "Worst false alarms (good parts, highest scores)",
-            _worst(kinds == GOOD, scored.scores, low=False),
-            scored,
-            ev.threshold,
-            pixel_threshold,
-        ),
+    kinds = np.array([s.kind for s in ev.scores])
+    scores = np.array([s.image_score for s in ev.scores], dtype=np.float64)
+    curves = [_img(_roc_figure(kinds, scores), "ROC curves")]
+    sections = [_summary(ev), _per_defect(ev)]
+    if scored is not None:
+        curves.append(_img(_pro_figure(scored.masks, scored.maps), "PRO curve"))
+    sections += [
+        "<h2>Curves</h2>" + "".join(curves),
+        "<h2>Score distributions</h2>" + _img(_distribution_figure(kinds, scores, ev.threshold), "scores"),
     ]
-    title = f"{ev.category} {ev.bank_version} ({ev.method})"
-    page = (
+    if scored is not None:
+        sections += [
+            _gallery(
+                "Worst misses (defective parts, lowest scores)",
+                _worst(kinds != GOOD, scores, low=True),
+                scored,
+                ev.threshold,
+                pixel_threshold,
+            ),
+            _gallery(
+                "Worst false alarms (good parts, highest scores)",
+                _worst(kinds == GOOD, scores, low=False),
+                scored,
+                ev.threshold,
+                pixel_threshold,
+            ),
+        ]
+    else:
+        sections.append(
+            "<p>The PRO curve and the galleries of misses and false alarms need the test parts' maps: "
+            "<code>patchbank evaluate --category C --report DIR</code> writes the full report.</p>"
+        )
+    return (
         "<!doctype html><html lang='en'><head><meta charset='utf-8'>"
         f"<title>Patchbank report: {html.escape(title)}</title><style>{STYLE}</style></head><body>"
         f"<h1>Patchbank evaluation: {html.escape(title)}</h1>" + "".join(sections) + "</body></html>"
     )
-    path = out / REPORT_FILE
-    path.write_text(page, encoding="utf-8")
-    return path
 
 
 STYLE = (
@@ -77,7 +92,7 @@ STYLE = (
 )
 
 
-def _summary(ev: Evaluation) -> str:
+def _summary(ev: EvaluationRecord) -> str:
     ci = ev.false_reject_ci
     frr = f"{ev.false_reject_rate:.3f}" + (f" (95% CI {ci[0]:.3f}-{ci[1]:.3f})" if ci else "")
     rows = [
@@ -95,7 +110,7 @@ def _summary(ev: Evaluation) -> str:
     return f"<h2>Figures</h2><table class='summary'>{body}</table>"
 
 
-def _per_defect(ev: Evaluation) -> str:
+def _per_defect(ev: EvaluationRecord) -> str:
     head = "<tr><th>kind</th><th>n</th><th>I-AUROC</th><th>P-AUROC</th><th>AU-PRO</th></tr>"
     rows = [
         f"<tr><td>{html.escape(kind)}</td><td>{f.n}</td><td>{f.image_auroc:.3f}</td>"

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import base64
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import numpy as np
 from fastapi import APIRouter, Depends, FastAPI, File, Form, Request, UploadFile
@@ -214,6 +214,43 @@ async def sample_file(request: Request, path: str) -> FileResponse:
     ):
         raise NotFoundError(f"no sample file {shorten(path)} in the sample folder")
     return FileResponse(target, filename=target.name)
+
+
+# Errors of an HTML route are still JSON (the app's error handlers): said so, or the docs would claim HTML.
+JSON_ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {
+        "description": "what was wrong",
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}},
+    }
+    for code in (400, 401, 403, 404, 409, 413, 422, 503)
+}
+
+
+@router.get(
+    "/console/report/{category}",
+    response_class=HTMLResponse,
+    responses=JSON_ERRORS,
+    dependencies=[Depends(api_key)],
+    tags=["console"],
+)
+async def report(request: Request, category: str) -> HTMLResponse:
+    """The evaluation report of a category's loaded bank, drawn from the evaluation the bank recorded when it
+    was built (figures, per-defect table, ROC curves, score distributions): a self-contained HTML page,
+    cached per bank version; it scores nothing."""
+    state: State = request.app.state.patchbank
+    manifest = state.scorer(category).bank.manifest
+    if manifest.evaluation is None:
+        raise NotFoundError(f"bank {manifest.category}/{manifest.version} was built without an evaluation")
+    cache: dict[tuple[str, str], str] = request.app.state.__dict__.setdefault("reports", {})
+    key = (manifest.category, manifest.version)
+    if key not in cache:
+        from patchbank_builder.report import render_report
+
+        title = f"{manifest.category} {manifest.version} ({manifest.method})"
+        cache[key] = await state.in_thread(
+            render_report, title, manifest.evaluation, None, manifest.thresholds.pixel
+        )
+    return HTMLResponse(cache[key])
 
 
 SAMPLE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".npy", ".ply", ".pcd")

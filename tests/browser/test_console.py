@@ -77,6 +77,15 @@ def test_overview_lists_the_categories(tab: Tab, url: str) -> None:
     assert cells[6] == f"{info['evaluation']['image_auroc']:.3f}"
     assert cells[10].isdigit() and cells[11].isdigit()  # last hour's counts, from GET /recent
     shoot(page, "overview")
+    with page.context.expect_page() as opened:  # the bank's report, from the evaluation it recorded
+        row.locator(".report").click()
+    report = opened.value
+    report.locator("img[alt='ROC curves']").wait_for()
+    assert report.locator("img[alt='scores']").count() == 1
+    assert f"I-AUROC{info['evaluation']['image_auroc']:.3f}" in report.inner_text("table.summary").replace(
+        "\t", ""
+    )
+    shoot(report, "report")
 
 
 def test_inspect_scores_an_uploaded_part(tab: Tab, url: str, rough_part: SampleRef) -> None:

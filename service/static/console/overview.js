@@ -1,7 +1,7 @@
 // Overview: every loaded category with its bank, thresholds and test figures (GET /categories), the banks
 // that failed to load, and the last hour's OK / NG counts (GET /recent, via recent.js).
 
-import { el, fmt, getJson } from "./api.js";
+import { api, el, fmt, getJson } from "./api.js";
 import { recent, subscribe } from "./recent.js";
 
 let root = null;
@@ -62,6 +62,7 @@ function render(answer) {
         el("td", { class: "wrap", text: falseRejects(c), title: c.calibration?.false_rejects?.method || "" }),
         el("td", { class: "num ok-count", text: "–" }),
         el("td", { class: "num ng-count", text: "–" }),
+        el("td", {}, c.evaluation ? reportButton(c.name) : "–"),
       );
     }),
   );
@@ -87,4 +88,21 @@ function counts() {
 
 export function names() {
   return loaded.map((c) => c.name);
+}
+
+// The bank's evaluation report (GET /console/report/C) in a new tab: fetched with the key, shown from memory.
+function reportButton(category) {
+  const button = el("button", { type: "button", class: "link report", text: "open" });
+  button.addEventListener("click", async () => {
+    const tab = window.open("", "_blank");
+    try {
+      const page = await (await api(`console/report/${encodeURIComponent(category)}`)).blob();
+      tab.location = URL.createObjectURL(new Blob([page], { type: "text/html" }));
+    } catch (err) {
+      tab.close();
+      root.querySelector("#overview-error").textContent = `No report: ${err.message}`;
+      root.querySelector("#overview-error").hidden = false;
+    }
+  });
+  return button;
 }
