@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import TypeVar
 
 import numpy as np
@@ -16,6 +15,7 @@ from patchbank.errors import InputError
 from patchbank.metrics import au_pro, image_auroc, pixel_auroc
 from patchbank.predict import predict_refs
 from patchbank.preprocess import resize_mask
+from patchbank.report import Scored
 from patchbank.scorer import BankScorer
 from patchbank_builder.thresholds import clopper_pearson
 
@@ -54,17 +54,6 @@ def score_labelled(
             w, h = p.input_size
             masks.append(resize_mask(read_mask(ref, (h, w)), scorer.image_size))
     return np.asarray(scores, dtype=np.float32), np.stack(maps), np.stack(masks)
-
-
-@dataclass(frozen=True)
-class Scored:
-    """What evaluation computed per test sample (for the report): (N,) image scores, (N, S, S) maps at the
-    model's resolution and the (N, S, S) bool ground truth, in the order of ``refs``."""
-
-    refs: Sequence[SampleRef]
-    scores: np.ndarray
-    maps: np.ndarray
-    masks: np.ndarray
 
 
 def evaluate(scorer: BankScorer, refs: Sequence[SampleRef], progress: bool = True) -> Evaluation:

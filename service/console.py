@@ -33,6 +33,7 @@ from patchbank.errors import NotFoundError, shorten
 from patchbank.predict import Sample
 from patchbank.preprocess import valid_points
 from patchbank.regions import heatmap_png
+from patchbank.report import render_report
 
 if TYPE_CHECKING:
     from patchbank_service.app import State
@@ -244,8 +245,6 @@ async def report(request: Request, category: str) -> HTMLResponse:
     cache: dict[tuple[str, str], str] = request.app.state.__dict__.setdefault("reports", {})
     key = (manifest.category, manifest.version)
     if key not in cache:
-        from patchbank_builder.report import render_report
-
         title = f"{manifest.category} {manifest.version} ({manifest.method})"
         cache[key] = await state.in_thread(
             render_report, title, manifest.evaluation, None, manifest.thresholds.pixel
