@@ -33,4 +33,4 @@ sys.exit("the service did not become ready: see demo/serve.log")
 PY
 sample=$PATCHBANK_DATA_ROOT/$category/test/hole
 .venv/bin/score --url "http://127.0.0.1:$port" --category "$category" --rgb "$sample/rgb/000.png" --xyz "$sample/xyz/000.tiff"
-echo "service running at http://127.0.0.1:$port (docs: /docs, logs: demo/serve.log); stop it with: kill \$(cat $pidfile)"
+echo "service running at http://127.0.0.1:$port (console: open it in a browser; API docs: /docs; logs: demo/serve.log); stop it with: kill \$(cat $pidfile)"
