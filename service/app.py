@@ -22,7 +22,6 @@ import anyio
 from fastapi import Depends, FastAPI, File, Form, Header, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
-from fastapi.security import APIKeyHeader
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import Field
 
@@ -44,8 +43,9 @@ from patchbank.scorer import BankScorer
 from patchbank_service import console
 from patchbank_service.batching import Batcher
 from patchbank_service.feedback import FeedbackNotStored
-from patchbank_service.limits import BodyLimit, KeyGate, key_ok
+from patchbank_service.limits import BodyLimit, KeyGate, api_key, key_ok
 from patchbank_service.models import (
+    MAX_INTRINSICS,
     MAX_SAMPLE_ID,
     BatchResponse,
     CategoriesResponse,
@@ -211,12 +211,9 @@ INTRINSICS_HELP = (
     'a depth image\'s camera as JSON, e.g. {"fx": 240, "fy": 240, "cx": 79.5, "cy": 59.5, "depth_scale": '
     "0.001}; default: the intrinsics stored in the bank"
 )
-MAX_INTRINSICS = 1000  # characters of the intrinsics JSON
 
-# Paths that need no API key. Every other path is checked by KeyGate from the headers alone, before the body
-# is read; the routes name the header (``api_key``) so that the API docs show it and offer to send it.
+# Paths that need no API key; every other path is checked by KeyGate from the headers alone.
 PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/metrics"}) | console.PUBLIC_PATHS  # and /static/...
-api_key = APIKeyHeader(name="X-API-Key", auto_error=False, description="needed when API keys are set")
 
 
 def require_admin(state: StateDep, x_api_key: Annotated[str | None, Header()] = None) -> None:

@@ -23,7 +23,6 @@ import numpy as np
 from fastapi import APIRouter, Depends, FastAPI, File, Form, Request, UploadFile
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html, get_swagger_ui_oauth2_redirect_html
 from fastapi.responses import FileResponse, HTMLResponse, Response
-from fastapi.security import APIKeyHeader
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field
 
@@ -34,6 +33,8 @@ from patchbank.predict import Sample
 from patchbank.preprocess import valid_points
 from patchbank.regions import heatmap_png
 from patchbank.report import render_report
+from patchbank_service.limits import api_key
+from patchbank_service.models import MAX_INTRINSICS
 
 if TYPE_CHECKING:
     from patchbank_service.app import State
@@ -41,7 +42,6 @@ if TYPE_CHECKING:
 STATIC = Path(__file__).resolve().parent / "static"
 VENDOR = "static/vendor"
 MAX_POINTS = 50_000  # points sent to the browser's 3D view, at most
-MAX_INTRINSICS = 1000  # characters of the intrinsics JSON, as /score
 
 # Paths that need no API key: the pages and their files carry no data; what they show comes from API
 # calls that send the operator's key.
@@ -49,7 +49,6 @@ PUBLIC_PATHS = frozenset({"/", "/docs", "/docs/oauth2-redirect", "/redoc", "/con
 PUBLIC_PREFIXES = ("/static/",)
 
 router = APIRouter()
-api_key = APIKeyHeader(name="X-API-Key", auto_error=False, description="needed when API keys are set")
 
 
 class CloudPoints(BaseModel):

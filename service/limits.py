@@ -7,6 +7,7 @@ import hmac
 import json
 from typing import Any
 
+from fastapi.security import APIKeyHeader
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 
@@ -54,6 +55,11 @@ class BodyLimit:
 
     async def _too_large(self, send: Send) -> None:
         await send_json(send, 413, f"upload too large: the limit is {self.limit / (1024 * 1024):g} MiB")
+
+
+# The routes name the header with this (a no-op dependency) so that the API docs show it and offer to send
+# it; the check itself runs in KeyGate, from the headers, before the body is read.
+api_key = APIKeyHeader(name="X-API-Key", auto_error=False, description="needed when API keys are set")
 
 
 class KeyGate:

@@ -11,6 +11,7 @@ from patchbank.predict import StageTimings
 
 MapFormat = Literal["none", "png", "overlay", "array"]
 MAX_SAMPLE_ID = 256  # characters of a sample_id: it is echoed, logged and stored with every decision
+MAX_INTRINSICS = 1000  # characters of a depth camera's intrinsics JSON in a form field
 
 
 HEATMAP_SCALE = (
