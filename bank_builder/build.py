@@ -9,7 +9,6 @@ import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +26,7 @@ from patchbank.fusion import Fusion, fit_fusion
 from patchbank.index import PatchIndex, default_kind
 from patchbank.methods import DEFAULT_METHOD, parse_method
 from patchbank.rules import Scoring
-from patchbank.scorer import BankScorer, Scores, check_same_size, fuse, part_patches
+from patchbank.scorer import BankScorer, Scores, check_same_size, fuse, part_finder
 from patchbank.units import CloudScale, dataset_scale
 from patchbank.weights import WeightsRequest
 from patchbank_builder.calibrate import (
@@ -179,8 +178,7 @@ def build_bank(req: BuildRequest) -> BuildResult:
     )
 
     with timed(timings, "features"):
-        also = partial(part_patches, scoring=scoring) if scoring.foreground is not None else None
-        raw, keep = extract_all(extractors, train, req.batch_size, req.progress, also)
+        raw, keep = extract_all(extractors, train, req.batch_size, req.progress, part_finder(scoring))
         feats = [e.fit(f) for e, f in zip(extractors, raw, strict=True)]  # (N, 784, D) per member
     with timed(timings, "coreset"):
         built = [coreset_index(f, req) for f in feats]

@@ -22,7 +22,6 @@ Thresholds, in the order a bank gets them:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -36,7 +35,7 @@ from patchbank.features.base import GRID, FeatureExtractor
 from patchbank.fusion import fit_image
 from patchbank.index import PatchIndex
 from patchbank.rules import PUBLISHED, Scoring
-from patchbank.scorer import BankScorer, Scores, load_scorer, part_patches, score_patches
+from patchbank.scorer import BankScorer, Scores, load_scorer, part_finder, score_patches
 from patchbank_builder.evaluate import at_threshold, score_labelled
 from patchbank_builder.options import DEFAULT_TARGET_FRR
 from patchbank_builder.thresholds import (
@@ -59,8 +58,10 @@ def held_out_validation(
 ) -> list[Scores]:
     """Each member's raw scores of ``validation/good`` samples."""
     parts: list[list[Scores]] = [[] for _ in indices]
-    also = partial(part_patches, scoring=scoring) if scoring.foreground is not None else None
-    for _, _, feats, keep in iter_batches(extractors, refs, progress=progress, desc="validation", also=also):
+    finder = part_finder(scoring)
+    for _, _, feats, keep in iter_batches(
+        extractors, refs, progress=progress, desc="validation", part=finder
+    ):
         for part, index, f in zip(parts, indices, feats, strict=True):
             part.append(score_patches(index, f, scoring=scoring, keep=keep))
     return [Scores.concat(p) for p in parts]

@@ -68,12 +68,21 @@ from patchbank.coreset import CoresetSpec
 from patchbank.data import GOOD, SampleRef, list_samples, read_mask
 from patchbank.errors import WeightsError
 from patchbank.features import EXTRACTORS, create_extractor
-from patchbank.features.base import FeatureExtractor
+from patchbank.features.base import FeatureExtractor, extract_side_by_side
 from patchbank.index import INDEX_KINDS, PatchIndex
 from patchbank.methods import Method, parse_method
 from patchbank.predict import Prediction, Sample, StageTimings, predict
 from patchbank.preprocess import IMAGE_SIZE, resize_mask
-from patchbank.scorer import BankScorer, anomaly_maps, image_scores, load_scorer, nearest, resize_map
+from patchbank.rules import PUBLISHED, Scoring
+from patchbank.scorer import (
+    BankScorer,
+    anomaly_maps,
+    image_scores,
+    load_scorer,
+    nearest,
+    part_finder,
+    resize_map,
+)
 from patchbank.weights import WeightsRequest
 from patchbank_benchmarks.cli import default_methods
 from patchbank_benchmarks.reference import btf_coreset, btf_image_score, btf_search, reference_options
@@ -523,11 +532,12 @@ def member_extractors(
         return fallback, RANDOM_NOTE, make(fallback)
 
 
-def warm_up(extractors: Sequence[FeatureExtractor], ref: SampleRef) -> None:
-    """One extraction per extractor (JIT, allocator, caches: not timed); call it in a worker thread."""
-    sample = Sample.from_ref(ref)
-    for e in extractors:
-        e.extract([sample.prepare(e.image_size)])
+def warm_up(extractors: Sequence[FeatureExtractor], ref: SampleRef, scoring: Scoring = PUBLISHED) -> None:
+    """One extraction of a training sample as ``build_bank`` extracts it (with the part's patches when
+    ``scoring`` scores the part only): JIT caches, libraries' thread pools, allocator, not timed, so that
+    every path is timed warm; call it in a worker thread."""
+    prepared = [Sample.from_ref(ref).prepare(extractors[0].image_size)]
+    extract_side_by_side(extractors, prepared, part_finder(scoring))
 
 
 def banks_dir(work: Path, method: str) -> Path:
@@ -568,7 +578,7 @@ def bench_method(
     train = list_samples(data, cfg.category, "train", kinds=[GOOD])
     options = member_options(method, cfg.precision)
     weights, note, warm = member_extractors(method, options, cfg)
-    in_worker(warm_up, warm, train[0])
+    in_worker(warm_up, warm, train[0], method.scoring())
     del warm
     banks = banks_dir(work, method.name)
     build_s, build_peak = build_fast_bank(method.name, options, weights, data, banks, cfg)
@@ -639,7 +649,7 @@ def measure_baseline(data: Path, work: Path, tests: list[BenchSample], cfg: Benc
     method = parse_method(BASELINE_METHOD)
     train = list_samples(data, cfg.category, "train", kinds=[GOOD])
     weights, note, warm = member_extractors(method, {}, cfg)
-    in_worker(warm_up, warm, train[0])
+    in_worker(warm_up, warm, train[0], method.scoring())
     del warm
     figures, ref = reference_path(BASELINE_METHOD, {}, weights, train, tests, cfg, work)
     return BaselineReport(

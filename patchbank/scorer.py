@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -107,24 +107,30 @@ def reweight(
 
 
 def nearest(
-    index: PatchIndex, patches: np.ndarray, exclude_rows: list[np.ndarray] | None = None
+    index: PatchIndex,
+    patches: np.ndarray,
+    exclude_rows: list[np.ndarray] | None = None,
+    keep: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """(B, 784, D) patches -> (B, 784) bank rows of their nearest vectors and (B, 784) float64 distances.
 
     ``exclude_rows``: per sample, an (M,) bool mask of bank rows to leave out of its search (held-out
-    scoring of training samples). Distances are recomputed exactly from the found vectors (FAISS's expanded
-    form loses precision for near-duplicates).
+    scoring of training samples). ``keep``: (B, 784) bool, the patches searched (the part's); the others get
+    row 0 and distance 0. Distances are recomputed exactly from the found vectors (FAISS's expanded form
+    loses precision for near-duplicates).
     """
-    b, n, d = patches.shape
+    b, n = patches.shape[:2]
     if n != GRID * GRID:
         raise ValueError(f"expected {GRID * GRID} patches per sample, got {n}")
+    on = np.ones((b, n), dtype=bool) if keep is None else np.asarray(keep, dtype=bool)
+    rows = np.zeros((b, n), dtype=np.int64)
     if exclude_rows is None:
-        rows = index.search(patches.reshape(-1, d), k=1)[:, 0].reshape(b, n)
+        rows[on] = index.search(patches[on], k=1)[:, 0]
     else:
-        rows = np.stack(
-            [index.search(p, k=1, exclude_rows=ex)[:, 0] for p, ex in zip(patches, exclude_rows, strict=True)]
-        )
-    dists = np.linalg.norm(patches.astype(np.float64) - index.vectors[rows], axis=2)
+        for i, ex in enumerate(exclude_rows):
+            rows[i, on[i]] = index.search(patches[i, on[i]], k=1, exclude_rows=ex)[:, 0]
+    dists = np.zeros((b, n))
+    dists[on] = np.linalg.norm(patches[on].astype(np.float64) - index.vectors[rows[on]], axis=1)
     return rows, dists
 
 
@@ -168,8 +174,8 @@ def score_patches(
     """Score (B, 784, D) patch features against a bank: one search serves the map and the image score.
 
     ``keep``: (B, 784) bool, the patches on the part (:func:`part_patches`); the others take the lowest
-    score of their sample's part before the map and the image score are made."""
-    rows, dists = nearest(index, patches, exclude_rows)
+    score of their sample's part before the map and the image score are made (they are not searched)."""
+    rows, dists = nearest(index, patches, exclude_rows, keep)
     if keep is not None:
         dists = mask_background(dists, keep)
     grid, maps = anomaly_maps(dists)
@@ -185,6 +191,12 @@ def part_patches(batch: Sequence[Prepared], scoring: Scoring) -> np.ndarray | No
     if scoring.foreground is None:
         return None
     return foreground_patches(batch, GRID, scoring.foreground)
+
+
+def part_finder(scoring: Scoring) -> Callable[[Sequence[Prepared]], np.ndarray | None] | None:
+    """:func:`part_patches` for ``scoring``, when it scores the part only (what extraction runs beside the
+    features, :func:`patchbank.features.base.extract_side_by_side`); else None."""
+    return partial(part_patches, scoring=scoring) if scoring.foreground is not None else None
 
 
 def fuse(fusion: Fusion | None, members: Sequence[Scores]) -> Scores:
@@ -224,8 +236,7 @@ class BankScorer:
     def features_and_parts(self, batch: Sequence[Prepared]) -> tuple[list[np.ndarray], np.ndarray | None]:
         """Each member's features and the patches on the part (None unless the bank scores the part only),
         computed side by side (:func:`extract_side_by_side`)."""
-        also = partial(part_patches, scoring=self.scoring) if self.scoring.foreground is not None else None
-        return extract_side_by_side(self.extractors, batch, also)
+        return extract_side_by_side(self.extractors, batch, part_finder(self.scoring))
 
     def member_scores(self, features: Sequence[np.ndarray], keep: np.ndarray | None = None) -> list[Scores]:
         """Each member's raw scores, before fusion."""

@@ -25,7 +25,14 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from patchbank.background import BackgroundOptions, remove_background
-from patchbank.features.base import FeatureExtractor, FeatureSpec, register_extractor, to_grid
+from patchbank.features.base import (
+    FeatureExtractor,
+    FeatureSpec,
+    grid_support,
+    register_extractor,
+    to_grid,
+    to_patches,
+)
 from patchbank.preprocess import Prepared, valid_points
 
 if TYPE_CHECKING:
@@ -80,9 +87,14 @@ def _numba_available() -> bool:
 
 @register_extractor("fpfh")
 class FPFHExtractor(FeatureExtractor):
-    """FPFH on the CPU (Open3D or numba) or, for ``grid`` on a CUDA device or without numba, in torch."""
+    """FPFH on the CPU (Open3D or numba) or, for ``grid`` on a CUDA device or without numba, in torch.
+
+    Given the patches on the part (a bank that scores the part only), the numba kernel computes only the
+    points those patches pool and what they depend on (equal to the full computation there); every backend
+    gives zeros for the other patches."""
 
     options_model = FPFHOptions
+    uses_part = True
 
     def __init__(self, options: FPFHOptions | None = None, device: str = "cpu") -> None:
         import torch
@@ -102,8 +114,12 @@ class FPFHExtractor(FeatureExtractor):
         bg = self.opts.background
         return [p.xyz if bg is None else remove_background(p.xyz, bg) for p in batch]
 
-    def grid_maps(self, batch: Sequence[Prepared]) -> torch.Tensor:
-        """(B, 33, 28, 28) pooled FPFH maps, float64 (as Open3D's descriptors), on the extractor's device."""
+    def extract(self, batch: Sequence[Prepared], part: np.ndarray | None = None) -> np.ndarray:
+        return to_patches(self.grid_maps(batch, part))
+
+    def grid_maps(self, batch: Sequence[Prepared], part: np.ndarray | None = None) -> torch.Tensor:
+        """(B, 33, 28, 28) pooled FPFH maps, float64 (as Open3D's descriptors), on the extractor's device;
+        ``part``: (B, 784) bool, the patches computed (zeros elsewhere; None: all)."""
         import torch
 
         o = self.opts
@@ -113,11 +129,20 @@ class FPFHExtractor(FeatureExtractor):
             from patchbank.features.fpfh_torch import grid_fpfh_torch
 
             xyz = torch.from_numpy(np.stack(clouds)).to(self.device, torch.float64)
-            return to_grid(grid_fpfh_torch(xyz, *args))
-        if self.backend == "numba":
+            grids = to_grid(grid_fpfh_torch(xyz, *args))
+        elif self.backend == "numba":
             from patchbank.features.fpfh_numba import grid_fpfh
 
-            maps = np.stack([grid_fpfh(xyz, *args) for xyz in clouds])
+            wanted = (
+                [None] * len(clouds)
+                if part is None
+                else [grid_support(k, len(c)) for k, c in zip(part, clouds, strict=True)]
+            )
+            maps = np.stack([grid_fpfh(xyz, *args, wanted=w) for xyz, w in zip(clouds, wanted, strict=True)])
+            grids = to_grid(torch.from_numpy(maps))
         else:
-            maps = np.stack([fpfh_map(xyz, o) for xyz in clouds])
-        return to_grid(torch.from_numpy(maps))
+            grids = to_grid(torch.from_numpy(np.stack([fpfh_map(xyz, o) for xyz in clouds])))
+        if part is None:
+            return grids
+        on = torch.from_numpy(np.asarray(part, dtype=bool)).to(grids.device)
+        return grids * on.view(len(clouds), 1, *grids.shape[2:])

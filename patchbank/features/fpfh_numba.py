@@ -30,6 +30,10 @@ FPFH_BINS = 33
 _SPFH_ROW = 36  # SPFH rows are zero-padded to this length (see _spfh)
 _TWO_THIRDS_PI = 2.09439510239319549
 
+# What a point needs computed (``need`` arrays, levels in order): a normal (its normal-neighbour list), an SPFH
+# (also its feature-neighbour list, whose normals it uses), its FPFH (its neighbours' SPFHs).
+NEED_NOTHING, NEED_NORMAL, NEED_SPFH, NEED_FPFH = 0, 1, 2, 3
+
 # OpenMP first (libgomp is a system dependency already): numba's default probes TBB first and warns when the
 # installed TBB is too old.
 numba.config.THREADING_LAYER_PRIORITY = ["omp", "tbb", "workqueue"]
@@ -185,14 +189,17 @@ def _fast_eigen3x3(
 
 
 @_pjit
-def _normals(points: np.ndarray, nbr: np.ndarray, count: np.ndarray) -> np.ndarray:
+def _normals(points: np.ndarray, nbr: np.ndarray, count: np.ndarray, need: np.ndarray) -> np.ndarray:
     """(N, 3) Open3D normals: point i's neighbourhood is ``nbr[i, :count[i]]`` (its hybrid search result).
 
-    Fewer than 3 neighbours give the identity covariance; a zero eigenvector becomes (0, 0, 1).
+    Fewer than 3 neighbours give the identity covariance; a zero eigenvector becomes (0, 0, 1). Only points
+    with ``need[i] >= NEED_NORMAL`` are computed (the others stay zero).
     """
     n = points.shape[0]
-    out = np.empty((n, 3))
+    out = np.zeros((n, 3))
     for i in prange(n):
+        if need[i] < NEED_NORMAL:
+            continue
         k = count[i]
         c00, c01, c02, c11, c12, c22 = 1.0, 0.0, 0.0, 1.0, 0.0, 1.0
         if k >= 3:
@@ -321,9 +328,12 @@ def _spfh_of(
 
 
 @_pjit
-def _spfh(points: np.ndarray, normals: np.ndarray, nbr: np.ndarray, count: np.ndarray) -> np.ndarray:
+def _spfh(
+    points: np.ndarray, normals: np.ndarray, nbr: np.ndarray, count: np.ndarray, need: np.ndarray
+) -> np.ndarray:
     """(N, 36) Open3D SPFH (33 bins, zero-padded): histograms of point i's pair features with
-    ``nbr[i, 1:count[i]]``. The padding makes FPFH's weighted row sums ~10% faster (measured; 40 is not).
+    ``nbr[i, 1:count[i]]``, for the points with ``need[i] >= NEED_SPFH`` (the others stay zero). The padding
+    makes FPFH's weighted row sums ~10% faster (measured; 40 is not).
 
     Every increment is the same 100 / (count - 1), so bins are counted and scaled once (Open3D's repeated
     additions differ by rounding). Points run in blocks that share scratch buffers.
@@ -337,7 +347,7 @@ def _spfh(points: np.ndarray, normals: np.ndarray, nbr: np.ndarray, count: np.nd
         hist = np.empty(FPFH_BINS, dtype=np.int64)
         for i in range(blk * n // n_blocks, (blk + 1) * n // n_blocks):
             k = count[i]
-            if k > 1:
+            if k > 1 and need[i] >= NEED_SPFH:
                 _spfh_of(points, normals, nbr, i, k, scratch, bins, hist)
                 incr = 100.0 / (k - 1)
                 for b in range(FPFH_BINS):
@@ -352,10 +362,12 @@ def _fpfh(
     nbr: np.ndarray,
     count: np.ndarray,
     pixels: np.ndarray,
+    need: np.ndarray,
     out: np.ndarray,
 ) -> None:
     """Open3D FPFH from ``_spfh``'s rows into ``out[:, pixels[i]]`` of a zeroed (33, H * W) map: own SPFH plus
-    the neighbours' weighted by 1 / distance^2, each 11-bin group scaled to sum 100.
+    the neighbours' weighted by 1 / distance^2, each 11-bin group scaled to sum 100; only for the points with
+    ``need[i] == NEED_FPFH``.
 
     Same terms as Open3D but summed in another order (group sums over the accumulated bins, 1 / d2 taken
     once per neighbour) so the loop vectorises; results move by rounding (~1e-15 relative). Writing the map
@@ -367,7 +379,7 @@ def _fpfh(
         acc = np.empty(row)
         for i in range(blk * n // n_blocks, (blk + 1) * n // n_blocks):
             k = count[i]
-            if k <= 1:
+            if k <= 1 or need[i] < NEED_FPFH:
                 continue
             for b in range(row):  # a loop, not acc[:] = 0, which costs a view per point
                 acc[b] = 0.0
@@ -429,7 +441,6 @@ def _nearest_sorted(
 
 @_pjit
 def _grid_neighbours(
-    n: int,
     coords: np.ndarray,
     index: np.ndarray,
     ring: np.ndarray,
@@ -438,8 +449,14 @@ def _grid_neighbours(
     normal_k: int,
     feature_r2: float,
     feature_k: int,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Both hybrid searches among the window of each of the n points: (normal nbr, count, feature nbr, count).
+    todo: np.ndarray,
+    nbr_n: np.ndarray,
+    cnt_n: np.ndarray,
+    nbr_f: np.ndarray,
+    cnt_f: np.ndarray,
+) -> None:
+    """Both hybrid searches among the window of each point with ``todo[i]``, written into (normal nbr, count,
+    feature nbr, count) (rows of the other points are left as they are).
 
     ``coords`` (3, H + 2 * window, W + 2 * window) holds x, y, z (inf where missing or padding) and
     ``index`` the point numbers (-1 there); ``ring`` lists the window's cells (row-major in the square)
@@ -458,10 +475,6 @@ def _grid_neighbours(
     n_ring = ring.shape[0]
     radius2, k_max = max(normal_r2, feature_r2), max(normal_k, feature_k)
     features_are_set = feature_k == k_max and feature_r2 == radius2
-    nbr_n = np.zeros((n, normal_k), dtype=np.int32)
-    cnt_n = np.zeros(n, dtype=np.int32)
-    nbr_f = np.zeros((n, feature_k), dtype=np.int32)
-    cnt_f = np.zeros(n, dtype=np.int32)
     for r in prange(h):
         cand = np.empty(n_ring)
         set_d, set_o, set_j = (
@@ -473,7 +486,7 @@ def _grid_neighbours(
         for c in range(w):
             base = (r + window) * wp + c + window
             i = flat[base]
-            if i < 0:
+            if i < 0 or not todo[i]:
                 continue
             qx, qy, qz = xs[base], ys[base], zs[base]
             for o in range(n_ring):
@@ -508,7 +521,18 @@ def _grid_neighbours(
                 cnt_f[i] = m
             else:
                 cnt_f[i] = _nearest_sorted(set_d, set_j, m, feature_r2, feature_k, buf, nbr_f, i)
-    return nbr_n, cnt_n, nbr_f, cnt_f
+
+
+@_jit
+def _spread(nbr: np.ndarray, count: np.ndarray, need: np.ndarray, source: int, target: int) -> None:
+    """Raise to ``target`` the level of every neighbour (``nbr[i, :count[i]]``) of the points at level
+    ``source``."""
+    for i in range(need.shape[0]):
+        if need[i] == source:
+            for t in range(count[i]):
+                j = nbr[i, t]
+                if need[j] < target:
+                    need[j] = target
 
 
 def _padded_grids(xyz: np.ndarray, mask: np.ndarray, window: int) -> tuple[np.ndarray, np.ndarray]:
@@ -537,12 +561,16 @@ def grid_fpfh(
     feature_radius: float,
     feature_max_nn: int,
     window: int,
+    wanted: np.ndarray | None = None,
 ) -> np.ndarray:
     """(H, W, 3) organized cloud (float32 or float64, metres; a pixel is missing when any coordinate is 0 — see
     patchbank.preprocess.valid_points) -> (33, H, W) float64 FPFH, zeros where a point is missing.
 
     Normals use the hybrid (normal_radius, normal_max_nn) neighbourhood, FPFH the (feature_radius,
     feature_max_nn) one, both searched among the valid pixels within ``window`` rows and columns.
+    ``wanted``: (H, W) bool, the pixels whose FPFH is needed (None: all); the others are zeros, and only what
+    the wanted ones depend on is computed (their neighbours' SPFHs, the normals those use), so theirs equal
+    the full computation's exactly.
     Raises ValueError for a cloud that is not (H, W, 3) or a non-positive radius, neighbour cap or window.
     """
     if xyz.ndim != 3 or xyz.shape[2] != 3:
@@ -556,23 +584,30 @@ def grid_fpfh(
     h, w, _ = xyz.shape
     out = np.zeros((FPFH_BINS, h, w))
     mask = valid_points(xyz)
-    if not mask.any():
+    if wanted is not None and wanted.shape != mask.shape:
+        raise ValueError(f"wanted pixels {wanted.shape} do not match the cloud's {mask.shape}")
+    if not mask.any() or (wanted is not None and not (wanted & mask).any()):
         return out
     points = np.ascontiguousarray(xyz[mask], dtype=np.float64)
+    n = points.shape[0]
     coords, index = _padded_grids(xyz, mask, window)
+    ring = _ring_order(window)
+    nbr_n, cnt_n = np.zeros((n, normal_max_nn), dtype=np.int32), np.zeros(n, dtype=np.int32)
+    nbr_f, cnt_f = np.zeros((n, feature_max_nn), dtype=np.int32), np.zeros(n, dtype=np.int32)
     # Squared as Open3D squares them (radius * radius); hybrid results keep distance^2 strictly below.
-    nbr_n, cnt_n, nbr_f, cnt_f = _grid_neighbours(
-        points.shape[0],
-        coords,
-        index,
-        _ring_order(window),
-        window,
-        normal_radius * normal_radius,
-        normal_max_nn,
-        feature_radius * feature_radius,
-        feature_max_nn,
-    )
-    normals = _normals(points, nbr_n, cnt_n)
-    spfh = _spfh(points, normals, nbr_f, cnt_f)
-    _fpfh(points, spfh, nbr_f, cnt_f, np.flatnonzero(mask), out.reshape(FPFH_BINS, h * w))
+    search = (window, normal_radius * normal_radius, normal_max_nn, feature_radius * feature_radius)
+    need = np.full(n, NEED_FPFH if wanted is None else NEED_NOTHING, dtype=np.int8)
+    if wanted is not None:
+        need[wanted[mask]] = NEED_FPFH
+    # What the wanted points depend on, found from their own neighbour lists: their neighbours' SPFHs,
+    # then the normals of those SPFHs' neighbours. Each point is searched once.
+    for level in (NEED_FPFH, NEED_SPFH, NEED_NORMAL):
+        _grid_neighbours(
+            coords, index, ring, *search, feature_max_nn, need == level, nbr_n, cnt_n, nbr_f, cnt_f
+        )
+        if level > NEED_NORMAL and wanted is not None:
+            _spread(nbr_f, cnt_f, need, level, level - 1)
+    normals = _normals(points, nbr_n, cnt_n, need)
+    spfh = _spfh(points, normals, nbr_f, cnt_f, need)
+    _fpfh(points, spfh, nbr_f, cnt_f, np.flatnonzero(mask), need, out.reshape(FPFH_BINS, h * w))
     return out

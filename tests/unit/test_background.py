@@ -237,3 +237,23 @@ def test_demo_sample_keeps_the_part(demo_root: Path) -> None:
     rows, cols = np.nonzero(after)
     assert abs(rows.mean() - SIZE / 2) < SIZE / 6 and abs(cols.mean() - SIZE / 2) < SIZE / 6
     assert not after[:10].any() and not after[-10:].any()  # nothing of the table frame survives
+
+
+def test_inlier_counts_equal_numpys_elementwise_float32() -> None:
+    """The kernel counts exactly what numpy's elementwise float32 recipe counts, points on the boundary
+    included, so a bank's part masks do not depend on which of the two ran."""
+    from patchbank.background import _inlier_counts
+
+    rng = np.random.default_rng(3)
+    points = rng.normal(size=(2000, 3)) * 0.05 + (0, 0, 0.5)
+    normals = rng.normal(size=(300, 3))
+    normals /= np.linalg.norm(normals, axis=1, keepdims=True)
+    offsets = -(normals * points[rng.integers(0, 2000, 300)]).sum(axis=1)
+    p, n = points.astype(np.float32), normals.astype(np.float32)
+    dist = p[:, 0, None] * n[None, :, 0]
+    dist += p[:, 1, None] * n[None, :, 1]
+    dist += p[:, 2, None] * n[None, :, 2]
+    dist += offsets.astype(np.float32)[None, :]
+    for distance in (0.005, 0.02):
+        expected = np.count_nonzero(np.abs(dist) < distance, axis=0)
+        np.testing.assert_array_equal(_inlier_counts(points, normals, offsets, distance), expected)

@@ -138,11 +138,11 @@ def test_side_by_side_extraction_equals_calling_each_in_turn(demo_root: Path) ->
     batch = [load_prepared(r, 224) for r in refs]
     extractors = [create_extractor("rgb", SMALL_RGB, WeightsRequest.random(4)), create_extractor("fpfh")]
     feats, keep = extract_side_by_side(extractors, batch, lambda b: part_patches(b, PRODUCT))
-    for got, e in zip(feats, extractors, strict=True):
-        np.testing.assert_array_equal(got, e.extract(batch))
     assert keep is not None and np.array_equal(keep, part_patches(batch, PRODUCT))
+    for got, e in zip(feats, extractors, strict=True):  # fpfh, which uses_part, computed the part only
+        np.testing.assert_array_equal(got, e.extract(batch, keep) if e.uses_part else e.extract(batch))
     alone, nothing = extract_side_by_side(extractors[1:], batch)
-    assert nothing is None and np.array_equal(alone[0], feats[1])
+    assert nothing is None and np.array_equal(alone[0], extractors[1].extract(batch))
 
 
 def test_openmp_threads_wait_passively_unless_the_environment_says_otherwise() -> None:
@@ -157,3 +157,33 @@ def test_openmp_threads_wait_passively_unless_the_environment_says_otherwise() -
     env["OMP_WAIT_POLICY"] = "ACTIVE"
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "ACTIVE"
+
+
+def test_fpfh_on_the_part_only_equals_the_whole_there(demo_root: Path) -> None:
+    """Given the patches on the part, FPFH computes only what they pool: their features equal the whole
+    cloud's exactly, the other patches are zeros."""
+    from patchbank.rules import PRODUCT
+    from patchbank.scorer import part_patches
+
+    batch = [load_prepared(r, 224) for r in list_samples(demo_root, CATEGORY, "test")[:2]]
+    keep = part_patches(batch, PRODUCT)
+    assert keep is not None and 0.1 < keep.mean() < 0.9
+    fpfh = create_extractor("fpfh")
+    whole, part = fpfh.extract(batch), fpfh.extract(batch, keep)
+    np.testing.assert_array_equal(part[keep], whole[keep])
+    assert not part[~keep].any()
+
+
+@pytest.mark.parametrize("size", [224, 100, 37])
+def test_grid_support_is_what_the_pooling_reads(size: int) -> None:
+    """grid_support marks exactly the pixels whose values reach the kept cells through to_grid (its
+    gradient's support)."""
+    from patchbank.features.base import GRID, grid_support, to_grid
+
+    rng = np.random.default_rng(size)
+    keep = rng.random(GRID * GRID) < 0.2
+    x = torch.zeros(1, 1, size, size, dtype=torch.float64, requires_grad=True)
+    cells = to_grid(x).reshape(-1)
+    cells[torch.from_numpy(keep)].sum().backward()
+    assert x.grad is not None
+    np.testing.assert_array_equal(grid_support(keep, size), x.grad[0, 0].numpy() != 0)

@@ -81,9 +81,14 @@ def demo_open3d(demo_cloud: np.ndarray) -> dict[str, np.ndarray]:
     }
 
 
+def _all(d: dict[str, np.ndarray]) -> np.ndarray:
+    """Every point wanted (see fpfh_numba.needs)."""
+    return np.full(len(d["points"]), fpfh_numba.NEED_FPFH, dtype=np.int8)
+
+
 def test_normals_match_open3d_including_sign(demo_open3d: dict[str, np.ndarray]) -> None:
     d = demo_open3d
-    normals = fpfh_numba._normals(d["points"], d["nbr_n"], d["cnt_n"])
+    normals = fpfh_numba._normals(d["points"], d["nbr_n"], d["cnt_n"], _all(d))
     np.testing.assert_allclose(normals, d["normals"], rtol=0, atol=1e-12)
     assert (
         np.einsum("ij,ij->i", normals, d["normals"]) > 0
@@ -92,11 +97,11 @@ def test_normals_match_open3d_including_sign(demo_open3d: dict[str, np.ndarray])
 
 def test_fpfh_math_matches_open3d_on_its_neighbourhoods(demo_open3d: dict[str, np.ndarray]) -> None:
     d = demo_open3d
-    normals = fpfh_numba._normals(d["points"], d["nbr_n"], d["cnt_n"])
-    spfh = fpfh_numba._spfh(d["points"], normals, d["nbr_f"], d["cnt_f"])
+    normals = fpfh_numba._normals(d["points"], d["nbr_n"], d["cnt_n"], _all(d))
+    spfh = fpfh_numba._spfh(d["points"], normals, d["nbr_f"], d["cnt_f"], _all(d))
     n = len(d["points"])
     feats = np.zeros((33, n))
-    fpfh_numba._fpfh(d["points"], spfh, d["nbr_f"], d["cnt_f"], np.arange(n), feats)
+    fpfh_numba._fpfh(d["points"], spfh, d["nbr_f"], d["cnt_f"], np.arange(n), _all(d), feats)
     assert _rel_diff(feats.T, d["fpfh"]).max() < EXACT
 
 
@@ -194,3 +199,27 @@ def test_rejects_clouds_that_are_not_h_w_3(shape: tuple[int, ...]) -> None:
 def test_rejects_bad_search_parameters(args: tuple[float, int, float, int, int]) -> None:
     with pytest.raises(ValueError):
         grid_fpfh(np.ones((8, 8, 3)), *args)
+
+
+def test_wanted_pixels_equal_the_full_computation_and_the_rest_is_zero(demo_cloud: np.ndarray) -> None:
+    """A bank that scores the part only asks for the part's pixels: theirs are exactly the full
+    computation's (every neighbour, normal and SPFH they depend on is computed), the others are zeros."""
+    wanted = np.zeros(demo_cloud.shape[:2], dtype=bool)
+    wanted[60:130, 40:110] = True  # a block inside the cloud, another at its edge
+    wanted[200:, 150:] = True
+    full, part = _grid(demo_cloud), _wanted(demo_cloud, wanted)
+    mask = valid_points(demo_cloud)
+    np.testing.assert_array_equal(part[:, wanted], full[:, wanted])
+    assert not part[:, ~wanted].any() and part[:, wanted & mask].any(axis=0).all()
+
+
+def test_no_wanted_pixel_gives_zeros_and_a_wrong_shape_is_refused(demo_cloud: np.ndarray) -> None:
+    assert not _wanted(demo_cloud, np.zeros(demo_cloud.shape[:2], dtype=bool)).any()
+    with pytest.raises(ValueError, match="wanted pixels"):
+        _wanted(demo_cloud, np.ones((10, 10), dtype=bool))
+
+
+def _wanted(xyz: np.ndarray, wanted: np.ndarray) -> np.ndarray:
+    o = OPTS
+    args = (o.normal_radius, o.normal_max_nn, o.feature_radius, o.feature_max_nn, WINDOW)
+    return grid_fpfh(xyz, *args, wanted=wanted)

@@ -88,3 +88,26 @@ def test_blur_preserves_constant_and_mass() -> None:
 
 def test_upsample_shape() -> None:
     assert upsample(np.zeros((2, 28, 28), np.float32)).shape == (2, 224, 224)
+
+
+@pytest.mark.parametrize("leave_out", [False, True])
+def test_only_the_parts_patches_are_searched(leave_out: bool) -> None:
+    """With the part's patches given, only they are searched: their rows and distances are the whole
+    search's, the others row 0 at distance 0; the scores (background at the part's lowest) are unchanged."""
+    from patchbank.rules import PRODUCT
+    from patchbank.scorer import nearest
+
+    rng = np.random.default_rng(7)
+    bank = rng.normal(size=(300, 16)).astype(np.float32)
+    index = PatchIndex(bank, np.arange(300))
+    patches = rng.normal(size=(2, 784, 16)).astype(np.float32)
+    keep = rng.random((2, 784)) < 0.4
+    ex = [rng.random(300) < 0.1 for _ in range(2)] if leave_out else None
+    rows, dists = nearest(index, patches, ex)
+    part_rows, part_dists = nearest(index, patches, ex, keep)
+    np.testing.assert_array_equal(part_rows[keep], rows[keep])
+    np.testing.assert_array_equal(part_dists[keep], dists[keep])
+    assert not part_rows[~keep].any() and not part_dists[~keep].any()
+    whole = score_patches(index, patches, ex, PRODUCT, keep)
+    masked = np.where(keep, dists, np.where(keep, dists, np.inf).min(axis=1, keepdims=True))
+    np.testing.assert_allclose(whole.patches.reshape(2, -1), masked, rtol=1e-6)
