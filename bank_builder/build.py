@@ -7,8 +7,10 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -32,8 +34,8 @@ from patchbank.weights import WeightsRequest
 from patchbank_builder.calibrate import (
     calibrate_target_frr,
     default_thresholds,
+    held_out_scores,
     held_out_training,
-    held_out_validation,
     score_stats,
 )
 from patchbank_builder.evaluate import Evaluation, Scored, evaluate_scored
@@ -177,20 +179,26 @@ def build_bank(req: BuildRequest) -> BuildResult:
         "; ".join(e.spec.describe() for e in extractors),
     )
 
-    with timed(timings, "features"):
-        raw, keep = extract_all(extractors, train, req.batch_size, req.progress, part_finder(scoring))
-        feats = [e.fit(f) for e, f in zip(extractors, raw, strict=True)]  # (N, 784, D) per member
-    with timed(timings, "coreset"):
-        built = [coreset_index(f, req) for f in feats]
+    val: list[SampleRef] = []
+    if has_split(req.data_root, req.category, "validation"):
+        val = list_samples(
+            req.data_root, req.category, "validation", kinds=["good"], intrinsics=req.intrinsics
+        )
+    with timed(timings, "features"):  # the held-out goods in the same pass, adapted once the fit is known
+        raw, parts = extract_all(extractors, train + val, req.batch_size, req.progress, part_finder(scoring))
+        n = len(train)
+        feats = [e.fit(f[:n]) for e, f in zip(extractors, raw, strict=True)]  # (N, 784, D) per member
+        val_feats = [e.adapt(f[n:]) for e, f in zip(extractors, raw, strict=True)]
+        keep, val_keep = (None, None) if parts is None else (parts[:n], parts[n:])
+        del raw
+    with timed(timings, "coreset"):  # the members' coresets side by side (the kernel releases the GIL)
+        with ThreadPoolExecutor(max_workers=len(feats)) as pool:
+            built = list(pool.map(partial(coreset_index, req=req), feats))
         indices = [index for index, _ in built]
 
     with timed(timings, "held-out"):
-        if has_split(req.data_root, req.category, "validation"):
-            val = list_samples(
-                req.data_root, req.category, "validation", kinds=["good"], intrinsics=req.intrinsics
-            )
-            source = "validation"
-            held = held_out_validation(extractors, indices, val, scoring, req.progress)
+        if val:
+            source, held = "validation", held_out_scores(indices, val_feats, scoring, val_keep)
         else:
             source, held = "train-leave-one-out", held_out_training(indices, feats, scoring, keep)
         fusion = None

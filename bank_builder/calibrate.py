@@ -30,12 +30,11 @@ from patchbank import bank as bankfmt
 from patchbank.bank import Calibration, FalseRejects, Manifest, ScoreStats, Thresholds, is_anomalous, now_utc
 from patchbank.data import SampleRef
 from patchbank.errors import BankError, InputError
-from patchbank.extract import iter_batches
-from patchbank.features.base import GRID, FeatureExtractor
+from patchbank.features.base import GRID
 from patchbank.fusion import fit_image
 from patchbank.index import PatchIndex
 from patchbank.rules import PUBLISHED, Scoring
-from patchbank.scorer import BankScorer, Scores, load_scorer, part_finder, score_patches
+from patchbank.scorer import BankScorer, Scores, load_scorer, score_patches
 from patchbank_builder.evaluate import at_threshold, score_labelled
 from patchbank_builder.options import DEFAULT_TARGET_FRR
 from patchbank_builder.thresholds import (
@@ -49,22 +48,19 @@ from patchbank_builder.thresholds import (
 QUANTILE = 0.99
 
 
-def held_out_validation(
-    extractors: Sequence[FeatureExtractor],
+def held_out_scores(
     indices: Sequence[PatchIndex],
-    refs: Sequence[SampleRef],
+    features: Sequence[np.ndarray],
     scoring: Scoring = PUBLISHED,
-    progress: bool = True,
+    keep: np.ndarray | None = None,
 ) -> list[Scores]:
-    """Each member's raw scores of ``validation/good`` samples."""
-    parts: list[list[Scores]] = [[] for _ in indices]
-    finder = part_finder(scoring)
-    for _, _, feats, keep in iter_batches(
-        extractors, refs, progress=progress, desc="validation", part=finder
-    ):
-        for part, index, f in zip(parts, indices, feats, strict=True):
-            part.append(score_patches(index, f, scoring=scoring, keep=keep))
-    return [Scores.concat(p) for p in parts]
+    """Each member's raw scores of held-out goods (``validation/good``) from their features (per member,
+    (N, 784, D) as the fitted extractors give them) and, when the scoring scores the part only, their (N, 784)
+    patches on the part."""
+    return [
+        score_patches(index, f, scoring=scoring, keep=keep)
+        for index, f in zip(indices, features, strict=True)
+    ]
 
 
 def held_out_training(

@@ -64,7 +64,7 @@ from pydantic import BaseModel, Field
 from tqdm.auto import tqdm
 
 from patchbank import bank as bankfmt
-from patchbank.coreset import CoresetSpec
+from patchbank.coreset import CoresetSpec, create_sampler
 from patchbank.data import GOOD, SampleRef, list_samples, read_mask
 from patchbank.errors import WeightsError
 from patchbank.features import EXTRACTORS, create_extractor
@@ -532,12 +532,22 @@ def member_extractors(
         return fallback, RANDOM_NOTE, make(fallback)
 
 
-def warm_up(extractors: Sequence[FeatureExtractor], ref: SampleRef, scoring: Scoring = PUBLISHED) -> None:
-    """One extraction of a training sample as ``build_bank`` extracts it (with the part's patches when
-    ``scoring`` scores the part only): JIT caches, libraries' thread pools, allocator, not timed, so that
-    every path is timed warm; call it in a worker thread."""
-    prepared = [Sample.from_ref(ref).prepare(extractors[0].image_size)]
-    extract_side_by_side(extractors, prepared, part_finder(scoring))
+def warm_up(
+    extractors: Sequence[FeatureExtractor],
+    refs: Sequence[SampleRef],
+    scoring: Scoring = PUBLISHED,
+    coreset: CoresetSpec | None = None,
+) -> None:
+    """One batch of training samples extracted as ``build_bank`` extracts them (with the part's patches when
+    ``scoring`` scores the part only), then one sample alone as a line sends it, and a small coreset: JIT
+    caches, the libraries' kernels for both shapes and their thread pools, the allocator; not timed, so that
+    every path, BTF's reference included, is timed warm. Call it in a worker thread."""
+    prepared = [Sample.from_ref(r).prepare(extractors[0].image_size) for r in refs]
+    for batch in (prepared, prepared[:1]):
+        extract_side_by_side(extractors, batch, part_finder(scoring))
+    create_sampler(coreset or CoresetSpec(), progress=False).run(
+        np.random.default_rng(0).random((256, 8), dtype=np.float32)
+    )
 
 
 def banks_dir(work: Path, method: str) -> Path:
@@ -578,7 +588,7 @@ def bench_method(
     train = list_samples(data, cfg.category, "train", kinds=[GOOD])
     options = member_options(method, cfg.precision)
     weights, note, warm = member_extractors(method, options, cfg)
-    in_worker(warm_up, warm, train[0], method.scoring())
+    in_worker(warm_up, warm, train[: cfg.batch_size], method.scoring(), cfg.coreset)
     del warm
     banks = banks_dir(work, method.name)
     build_s, build_peak = build_fast_bank(method.name, options, weights, data, banks, cfg)
@@ -649,7 +659,7 @@ def measure_baseline(data: Path, work: Path, tests: list[BenchSample], cfg: Benc
     method = parse_method(BASELINE_METHOD)
     train = list_samples(data, cfg.category, "train", kinds=[GOOD])
     weights, note, warm = member_extractors(method, {}, cfg)
-    in_worker(warm_up, warm, train[0], method.scoring())
+    in_worker(warm_up, warm, train[: cfg.batch_size], method.scoring(), cfg.coreset)
     del warm
     figures, ref = reference_path(BASELINE_METHOD, {}, weights, train, tests, cfg, work)
     return BaselineReport(

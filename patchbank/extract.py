@@ -56,7 +56,7 @@ def extract_all(
     """Each extractor's (N, 784, D) float32 features of every sample, in order; and, given ``part`` (the
     patches on the part), its results on every batch concatenated (None when it returns None)."""
     feats, extra = [], []
-    for _, _, f, e in iter_batches(extractors, refs, batch_size, progress, "train features", part):
+    for _, _, f, e in iter_batches(extractors, refs, batch_size, progress, "features", part):
         feats.append(f)
         extra.append(e)
     joined = None if any(e is None for e in extra) else np.concatenate(extra)  # type: ignore[arg-type]

@@ -78,10 +78,10 @@ class FeatureExtractor(Part, ABC):
         """(B, D, GRID, GRID) pooled feature maps of a batch."""
 
     def extract(self, batch: Sequence[Prepared], part: np.ndarray | None = None) -> np.ndarray:
-        """(B, GRID * GRID, D) float32 patch features of a batch. ``part``: (B, GRID * GRID) bool, the patches
-        that score (a bank that scores the part only); an extractor that ``uses_part`` computes only those
-        and gives zeros elsewhere, the others ignore it."""
-        return to_patches(self.grid_maps(batch))
+        """(B, GRID * GRID, D) float32 patch features of a batch: the pooled maps, :meth:`adapt`-ed. ``part``:
+        (B, GRID * GRID) bool, the patches that score (a bank that scores the part only); an extractor that
+        ``uses_part`` computes only those and gives zeros elsewhere, the others ignore it."""
+        return self.adapt(to_patches(self.grid_maps(batch)))
 
     def fit(self, features: np.ndarray) -> np.ndarray:
         """Fit data-dependent options on the training features (N, 784, D), as ``extract`` returned them
@@ -90,6 +90,12 @@ class FeatureExtractor(Part, ABC):
         Called once by ``build-bank`` before the coreset; the fitted values go into ``spec`` (so the
         manifest records them and a rebuilt extractor applies them). Most extractors have nothing to fit.
         """
+        return features
+
+    def adapt(self, features: np.ndarray) -> np.ndarray:
+        """Features as ``extract`` returned them before fitting, as it returns them now (after :meth:`fit`,
+        or when rebuilt from a fitted spec): ``build-bank`` extracts its held-out goods in the training pass
+        and adapts them once the fit is known. Identity for extractors with nothing to fit."""
         return features
 
     @property

@@ -59,7 +59,6 @@ from patchbank.features.base import (
     GRID,
     FeatureSpec,
     register_extractor,
-    to_patches,
 )
 from patchbank.features.concat import WithRGBPart, divide_modalities, fit_scales
 from patchbank.features.fpfh import FPFHExtractor, FPFHOptions
@@ -423,11 +422,10 @@ class CFMExtractor(WithRGBPart):
         rgb = self.rgb.grid_maps(batch).to(torch.float64)
         return torch.cat([rgb, self.fpfh.grid_maps(batch).to(rgb.device)], dim=1)
 
-    def extract(self, batch: Sequence[Prepared]) -> np.ndarray:
-        """(B, 784, D) float32: the raw concatenation before fitting; the mapping residuals once fitted (or
-        rebuilt from options that hold the fit)."""
-        feats = to_patches(self.grid_maps(batch))
-        return feats if self.maps is None else self.maps.residuals(feats)
+    def adapt(self, features: np.ndarray) -> np.ndarray:
+        """The mapping residuals once the mappings are set (fitted, or rebuilt from options that hold the
+        fit); the raw concatenation before."""
+        return features if self.maps is None else self.maps.residuals(features)
 
     def fit(self, features: np.ndarray) -> np.ndarray:
         """Fit scales and mappings on the raw training features (:func:`fit_options`), record them in

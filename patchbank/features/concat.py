@@ -18,7 +18,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from patchbank.errors import InputError
-from patchbank.features.base import FeatureExtractor, FeatureSpec, Weights, register_extractor, to_patches
+from patchbank.features.base import FeatureExtractor, FeatureSpec, Weights, register_extractor
 from patchbank.features.fpfh import FPFHExtractor, FPFHOptions
 from patchbank.features.rgb import PUBLISHED_BACKBONE, RGBExtractor, RGBOptions
 from patchbank.preprocess import Prepared
@@ -140,13 +140,12 @@ class RGBFPFHExtractor(WithRGBPart):
         rgb = self.rgb.grid_maps(batch).to(torch.float64)
         return torch.cat([rgb, self.fpfh.grid_maps(batch).to(rgb.device)], dim=1)
 
-    def extract(self, batch: Sequence[Prepared]) -> np.ndarray:
-        """(B, 784, D) float32: the concatenation, divided per modality once scales are set (fitted, or
-        recorded in the options of a rebuilt extractor)."""
-        feats = to_patches(self.grid_maps(batch))
+    def adapt(self, features: np.ndarray) -> np.ndarray:
+        """Divided per modality once scales are set (fitted, or recorded in the options of a rebuilt
+        extractor)."""
         if self.opts.scales is None:
-            return feats
-        return divide_modalities(feats, self.rgb.dim, self.opts.scales)
+            return features
+        return divide_modalities(features, self.rgb.dim, self.opts.scales)
 
     def fit(self, features: np.ndarray) -> np.ndarray:
         """With ``normalise="modality"`` and no scales yet: each modality's spread on the training patches

@@ -46,7 +46,6 @@ from patchbank.features.base import (
     FeatureSpec,
     register_extractor,
     to_grid,
-    to_patches,
 )
 from patchbank.features.concat import Scale, WithRGBPart, divide_modalities, fit_scales
 from patchbank.features.fpfh import FPFHExtractor, FPFHOptions
@@ -321,13 +320,12 @@ class CPMFExtractor(WithRGBPart):
             return renders
         return torch.cat([renders, self.fpfh.grid_maps(batch).to(renders.device)], dim=1)
 
-    def extract(self, batch: Sequence[Prepared]) -> np.ndarray:
-        """(B, 784, D) float32: the concatenation, divided per modality once scales are set (fitted, or
-        recorded in the options of a rebuilt extractor)."""
-        feats = to_patches(self.grid_maps(batch))
+    def adapt(self, features: np.ndarray) -> np.ndarray:
+        """Divided per modality once scales are set (fitted, or recorded in the options of a rebuilt
+        extractor)."""
         if self.opts.scales is None:
-            return feats
-        return divide_modalities(feats, self.rgb.dim, self.opts.scales)
+            return features
+        return divide_modalities(features, self.rgb.dim, self.opts.scales)
 
     def fit(self, features: np.ndarray) -> np.ndarray:
         """With FPFH and no scales yet: each modality's spread on the training patches

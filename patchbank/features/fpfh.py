@@ -115,7 +115,7 @@ class FPFHExtractor(FeatureExtractor):
         return [p.xyz if bg is None else remove_background(p.xyz, bg) for p in batch]
 
     def extract(self, batch: Sequence[Prepared], part: np.ndarray | None = None) -> np.ndarray:
-        return to_patches(self.grid_maps(batch, part))
+        return self.adapt(to_patches(self.grid_maps(batch, part)))
 
     def grid_maps(self, batch: Sequence[Prepared], part: np.ndarray | None = None) -> torch.Tensor:
         """(B, 33, 28, 28) pooled FPFH maps, float64 (as Open3D's descriptors), on the extractor's device;

@@ -221,6 +221,15 @@ def test_a_rebuilt_extractor_gives_identical_features(
     assert np.array_equal(rebuilt.extract(test[1:]), ours[1:])  # a sample's features ignore its batch
 
 
+def test_held_out_goods_extracted_before_the_fit_adapt_to_what_extract_gives_after_it(
+    fitted: tuple[FeatureExtractor, np.ndarray, np.ndarray], samples: tuple[list[Prepared], list[Prepared]]
+) -> None:
+    """build-bank extracts its held-out goods in the training pass, before the fit, and adapts them."""
+    extractor, _, _ = fitted
+    raw_test = _unfitted().extract(samples[1])
+    assert np.array_equal(extractor.adapt(raw_test), extractor.extract(samples[1]))
+
+
 def test_training_is_deterministic_and_leaves_the_global_generator_alone(
     fitted: tuple[FeatureExtractor, np.ndarray, np.ndarray],
 ) -> None:

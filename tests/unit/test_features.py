@@ -187,3 +187,16 @@ def test_grid_support_is_what_the_pooling_reads(size: int) -> None:
     cells[torch.from_numpy(keep)].sum().backward()
     assert x.grad is not None
     np.testing.assert_array_equal(grid_support(keep, size), x.grad[0, 0].numpy() != 0)
+
+
+def test_a_fitted_concatenation_adapts_raw_features_to_what_it_extracts(demo_root: Path) -> None:
+    """rgb+fpfh with per-modality scaling: features extracted before the fit (build-bank's held-out goods)
+    adapt to exactly what extract gives once fitted."""
+    refs = list_samples(demo_root, CATEGORY, "train")[:3]
+    batch = [load_prepared(r, 224) for r in refs]
+    options = {"rgb": SMALL_RGB, "normalise": "modality"}
+    extractor = create_extractor("rgb+fpfh", options, WeightsRequest.random(5))
+    raw = extractor.extract(batch)
+    fitted = extractor.fit(raw.copy())
+    assert not np.array_equal(fitted, raw)
+    np.testing.assert_array_equal(extractor.adapt(raw[1:]), extractor.extract(batch[1:]))
