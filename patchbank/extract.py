@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections import deque
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -10,9 +11,11 @@ from tqdm.auto import tqdm
 
 from patchbank.data import SampleRef
 from patchbank.errors import DataError, InputError
-from patchbank.features.base import FeatureExtractor, extract_side_by_side
+from patchbank.features.base import FeatureExtractor, PartFinder, extract_side_by_side
 from patchbank.predict import Sample
 from patchbank.preprocess import Prepared
+
+LOOK_AHEAD = 2  # batches read (and their parts found) ahead of the one being extracted
 
 
 def load_prepared(ref: SampleRef, size: int) -> Prepared:
@@ -29,20 +32,31 @@ def iter_batches(
     batch_size: int = 8,
     progress: bool = True,
     desc: str = "features",
-    part: Callable[[Sequence[Prepared]], np.ndarray | None] | None = None,
+    part: PartFinder | None = None,
 ) -> Iterator[tuple[list[SampleRef], list[Prepared], list[np.ndarray], np.ndarray | None]]:
-    """Yield (refs, prepared, each extractor's (B, 784, D) float32 features, ``part(prepared)``) batch by batch;
-    every sample is read once for all extractors (they share its resolution), reading overlaps extraction,
-    and the extractors and ``part`` (the patches on the part) run side by side (:func:`extract_side_by_side`)."""
+    """Yield (refs, prepared, each extractor's (B, 784, D) float32 features, ``part(prepared)``) batch by batch.
+
+    Every sample is read once for all extractors (they share its resolution). Reading and finding the part
+    (``part``: the patches on the part) run up to :data:`LOOK_AHEAD` batches ahead in two threads, beside the
+    extraction of earlier batches, so the extractors that wait for the part need not; the extractors run side
+    by side (:func:`extract_side_by_side`)."""
     size = extractors[0].image_size
+
+    def load(chunk: list[SampleRef]) -> tuple[list[Prepared], np.ndarray | None]:
+        prepared = [load_prepared(r, size) for r in chunk]
+        return prepared, (part(prepared) if part is not None else None)
+
+    chunks = [list(refs[i : i + batch_size]) for i in range(0, len(refs), batch_size)]
     bar = tqdm(total=len(refs), desc=desc, unit="sample", disable=not progress)
     with ThreadPoolExecutor(max_workers=2) as pool:
-        chunks = [list(refs[i : i + batch_size]) for i in range(0, len(refs), batch_size)]
-        pending = pool.map(lambda chunk: [load_prepared(r, size) for r in chunk], chunks)
-        for chunk, prepared in zip(chunks, pending, strict=True):
-            feats, extra = extract_side_by_side(extractors, prepared, part)
+        pending = deque(pool.submit(load, chunk) for chunk in chunks[:LOOK_AHEAD])
+        for i, chunk in enumerate(chunks):
+            prepared, found = pending.popleft().result()
+            if i + LOOK_AHEAD < len(chunks):
+                pending.append(pool.submit(load, chunks[i + LOOK_AHEAD]))
+            feats, _ = extract_side_by_side(extractors, prepared, found)
             bar.update(len(chunk))
-            yield chunk, prepared, feats, extra
+            yield chunk, prepared, feats, found
     bar.close()
 
 
@@ -51,7 +65,7 @@ def extract_all(
     refs: Sequence[SampleRef],
     batch_size: int = 8,
     progress: bool = True,
-    part: Callable[[Sequence[Prepared]], np.ndarray | None] | None = None,
+    part: PartFinder | None = None,
 ) -> tuple[list[np.ndarray], np.ndarray | None]:
     """Each extractor's (N, 784, D) float32 features of every sample, in order; and, given ``part`` (the
     patches on the part), its results on every batch concatenated (None when it returns None)."""

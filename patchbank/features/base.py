@@ -14,7 +14,7 @@ import functools
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, ClassVar, Self
 
 import numpy as np
@@ -172,26 +172,34 @@ def _pool() -> ThreadPoolExecutor:
         return _POOL
 
 
+PartFinder = Callable[[Sequence[Prepared]], np.ndarray | None]  # a batch -> its (B, 784) patches on the part
+
+
 def extract_side_by_side(
     extractors: Sequence[FeatureExtractor],
     batch: Sequence[Prepared],
-    part: Callable[[Sequence[Prepared]], np.ndarray | None] | None = None,
+    part: PartFinder | np.ndarray | None = None,
 ) -> tuple[list[np.ndarray], np.ndarray | None]:
-    """Each extractor's (B, 784, D) features of one batch, and ``part(batch)`` (the (B, 784) patches on the
-    part, or None), computed side by side in worker threads: torch, numba and Open3D release the GIL, so one
-    job fills the cores another leaves idle (a 2-core CPU scores the default method about 10% faster).
-    Extractors that ``uses_part`` start once the part is known and compute only its patches; the others run
-    beside the part's search. The results are those of calling each in turn."""
-    if part is None and len(extractors) == 1:
-        return [extractors[0].extract(batch)], None
+    """Each extractor's (B, 784, D) features of one batch, and the batch's (B, 784) patches on the part (None
+    without ``part``), computed side by side in worker threads: torch, numba and Open3D release the GIL, so
+    one job fills the cores another leaves idle (a 2-core CPU scores the default method about 10% faster).
+    ``part``: a function that finds the patches on the part (run first, beside the extractors that do not
+    need it), or those patches already found. Extractors that ``uses_part`` compute only its patches (they
+    start once it is known). The results are those of calling each in turn."""
+    found: Future[np.ndarray | None] = Future()
+    if not callable(part):
+        found.set_result(part)
+        if len(extractors) == 1:
+            return [extractors[0].extract(batch, part)], part
     pool = _pool()
-    found = pool.submit(part, batch) if part is not None else None  # first: its dependants wait on it
+    if callable(part):
+        found = pool.submit(part, batch)  # first: its dependants wait on it
 
     def run(e: FeatureExtractor) -> np.ndarray:
-        return e.extract(batch, found.result()) if e.uses_part and found is not None else e.extract(batch)
+        return e.extract(batch, found.result()) if e.uses_part else e.extract(batch)
 
     futures = [pool.submit(run, e) for e in extractors]
-    return [f.result() for f in futures], (found.result() if found is not None else None)
+    return [f.result() for f in futures], found.result()
 
 
 EXTRACTORS: Registry[type[FeatureExtractor]] = Registry("feature extractor")

@@ -122,7 +122,9 @@ class RGBExtractor(FeatureExtractor):
         self.opts = options
         self.image_size = self.opts.image_size
         self.device = torch.device(device)
-        self.model = model.eval().to(self.device)
+        # channels-last (NHWC) activations: oneDNN's and cuDNN's fast layout for convolutions (lite0 runs about
+        # 2x faster on a CPU; outputs equal to rounding)
+        self.model = model.eval().to(self.device, memory_format=torch.channels_last)
         self.weights = ident
         with torch.inference_mode():
             probe = self.model(
@@ -137,7 +139,7 @@ class RGBExtractor(FeatureExtractor):
 
         assert self.opts.mean is not None and self.opts.std is not None  # complete() filled them
         x = torch.from_numpy(normalise(np.stack([p.rgb for p in batch]), self.opts.mean, self.opts.std))
-        x = x.to(self.device)
+        x = x.to(self.device, memory_format=torch.channels_last)
         bf16 = self.opts.precision == "bf16"
         with torch.inference_mode(), torch.autocast(self.device.type, torch.bfloat16, enabled=bf16):
             maps = [to_grid(f.float()) for f in self.model(x)]

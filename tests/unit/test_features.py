@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -143,6 +144,31 @@ def test_side_by_side_extraction_equals_calling_each_in_turn(demo_root: Path) ->
         np.testing.assert_array_equal(got, e.extract(batch, keep) if e.uses_part else e.extract(batch))
     alone, nothing = extract_side_by_side(extractors[1:], batch)
     assert nothing is None and np.array_equal(alone[0], extractors[1].extract(batch))
+    # the part found beforehand (as the build reads ahead): the same features, and the same part back
+    for members in (extractors, extractors[1:]):
+        given, back = extract_side_by_side(members, batch, keep)
+        assert back is keep
+        for got, want in zip(given, feats[-len(members) :], strict=True):
+            np.testing.assert_array_equal(got, want)
+
+
+def test_reading_ahead_gives_every_batch_in_order_with_its_part(demo_root: Path) -> None:
+    """iter_batches reads and finds the part ahead of extraction; batches come back in order, each with
+    its own part, as extracting them one by one."""
+    from patchbank.extract import LOOK_AHEAD, iter_batches
+    from patchbank.features.base import extract_side_by_side
+    from patchbank.rules import PRODUCT
+    from patchbank.scorer import part_patches
+
+    refs = list_samples(demo_root, CATEGORY, "test")[: 2 * (LOOK_AHEAD + 1) + 1]
+    extractors = [create_extractor("fpfh")]
+    finder = partial(part_patches, scoring=PRODUCT)
+    got = list(iter_batches(extractors, refs, batch_size=2, progress=False, part=finder))
+    assert [r for chunk, *_ in got for r in chunk] == list(refs)
+    for chunk, prepared, (feats,), found in got:
+        want, part = extract_side_by_side(extractors, [load_prepared(r, 224) for r in chunk], finder)
+        assert len(prepared) == len(chunk) and np.array_equal(found, part)
+        np.testing.assert_array_equal(feats, want[0])
 
 
 def test_openmp_threads_wait_passively_unless_the_environment_says_otherwise() -> None:
