@@ -186,14 +186,14 @@ def extract_side_by_side(
     ``part``: a function that finds the patches on the part (run first, beside the extractors that do not
     need it), or those patches already found. Extractors that ``uses_part`` compute only its patches (they
     start once it is known). The results are those of calling each in turn."""
-    found: Future[np.ndarray | None] = Future()
-    if not callable(part):
-        found.set_result(part)
-        if len(extractors) == 1:
-            return [extractors[0].extract(batch, part)], part
     pool = _pool()
     if callable(part):
         found = pool.submit(part, batch)  # first: its dependants wait on it
+    elif len(extractors) == 1:
+        return [extractors[0].extract(batch, part)], part
+    else:
+        found = Future()
+        found.set_result(part)
 
     def run(e: FeatureExtractor) -> np.ndarray:
         return e.extract(batch, found.result()) if e.uses_part else e.extract(batch)

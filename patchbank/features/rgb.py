@@ -122,8 +122,8 @@ class RGBExtractor(FeatureExtractor):
         self.opts = options
         self.image_size = self.opts.image_size
         self.device = torch.device(device)
-        # channels-last (NHWC) activations: oneDNN's and cuDNN's fast layout for convolutions (lite0 runs about
-        # 2x faster on a CPU; outputs equal to rounding)
+        # channels-last (NHWC) activations: oneDNN's fast layout for convolutions (lite0 ran about 2x faster on
+        # a 2-core CPU; outputs equal to rounding)
         self.model = model.eval().to(self.device, memory_format=torch.channels_last)
         self.weights = ident
         with torch.inference_mode():
