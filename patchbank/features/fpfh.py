@@ -29,6 +29,7 @@ from patchbank.features.base import (
     FeatureExtractor,
     FeatureSpec,
     grid_support,
+    pool_matrix,
     register_extractor,
     to_grid,
     to_patches,
@@ -131,15 +132,19 @@ class FPFHExtractor(FeatureExtractor):
             xyz = torch.from_numpy(np.stack(clouds)).to(self.device, torch.float64)
             grids = to_grid(grid_fpfh_torch(xyz, *args))
         elif self.backend == "numba":
-            from patchbank.features.fpfh_numba import grid_fpfh
+            from patchbank.features.fpfh_numba import pooled_fpfh
 
             wanted = (
                 [None] * len(clouds)
                 if part is None
                 else [grid_support(k, len(c)) for k, c in zip(part, clouds, strict=True)]
             )
-            maps = np.stack([grid_fpfh(xyz, *args, wanted=w) for xyz, w in zip(clouds, wanted, strict=True)])
-            grids = to_grid(torch.from_numpy(maps))
+            pool = [pool_matrix(n) for n in clouds[0].shape[:2]]  # to_grid's, without the (33, S, S) maps
+            grids = torch.from_numpy(
+                np.stack(
+                    [pooled_fpfh(xyz, *args, *pool, wanted=w) for xyz, w in zip(clouds, wanted, strict=True)]
+                )
+            )
         else:
             grids = to_grid(torch.from_numpy(np.stack([fpfh_map(xyz, o) for xyz in clouds])))
         if part is None:

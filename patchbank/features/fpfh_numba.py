@@ -361,17 +361,18 @@ def _fpfh(
     spfh: np.ndarray,
     nbr: np.ndarray,
     count: np.ndarray,
-    pixels: np.ndarray,
+    slots: np.ndarray,
     need: np.ndarray,
     out: np.ndarray,
 ) -> None:
-    """Open3D FPFH from ``_spfh``'s rows into ``out[:, pixels[i]]`` of a zeroed (33, H * W) map: own SPFH plus
+    """Open3D FPFH from ``_spfh``'s rows into ``out[:, slots[i]]`` of a zeroed (33, M) array (a map's pixel,
+    or a rank among the computed points): own SPFH plus
     the neighbours' weighted by 1 / distance^2, each 11-bin group scaled to sum 100; only for the points with
     ``need[i] == NEED_FPFH``.
 
     Same terms as Open3D but summed in another order (group sums over the accumulated bins, 1 / d2 taken
-    once per neighbour) so the loop vectorises; results move by rounding (~1e-15 relative). Writing the map
-    directly saves an (N, 33) array and a scatter. Points run in blocks that share an accumulator.
+    once per neighbour) so the loop vectorises; results move by rounding (~1e-15 relative). Writing the
+    output directly saves an (N, 33) array and a scatter. Points run in blocks that share an accumulator.
     """
     n, row = spfh.shape  # a run-time row length keeps LLVM vectorising instead of fully unrolling
     n_blocks = min(n, 256)
@@ -396,7 +397,7 @@ def _fpfh(
                     total += acc[b]
                 scale = 100.0 / total if total != 0.0 else 0.0
                 for b in range(g, g + 11):
-                    out[b, pixels[i]] = acc[b] * scale + spfh[i, b]
+                    out[b, slots[i]] = acc[b] * scale + spfh[i, b]
 
 
 @_jit
@@ -554,40 +555,65 @@ def _ring_order(window: int) -> np.ndarray:
     return np.argsort((dy * dy + dx * dx).ravel(), kind="stable").astype(np.int64)
 
 
-def grid_fpfh(
+@_pjit
+def _pool(
+    values: np.ndarray,
+    pixels: np.ndarray,
+    width: int,
+    rows: np.ndarray,
+    cols: np.ndarray,
+    first_col: np.ndarray,
+    last_col: np.ndarray,
+    out: np.ndarray,
+) -> None:
+    """``out[a, b] += rows[a, y] * cols[b, x] * values[m]`` for every point m, at flat pixel ``pixels[m]`` =
+    y * width + x (ascending): the (G, G', 33) pooled map. ``cols[b, x]`` is zero outside ``first_col[x]`` to
+    ``last_col[x]``. Grid rows run in parallel, each thread adding into its own."""
+    g_rows, h = rows.shape
+    start = np.searchsorted(pixels, np.arange(h + 1) * width)  # each image row's first point
+    for a in prange(g_rows):
+        for y in range(h):
+            ra = rows[a, y]
+            if ra == 0.0:
+                continue
+            for m in range(start[y], start[y + 1]):
+                x = pixels[m] - y * width
+                for b in range(first_col[x], last_col[x] + 1):
+                    weight = ra * cols[b, x]
+                    for c in range(values.shape[1]):
+                        out[a, b, c] += weight * values[m, c]
+
+
+def _check(
+    xyz: np.ndarray, normal_max_nn: int, feature_max_nn: int, radii: tuple[float, float], window: int
+) -> None:
+    if xyz.ndim != 3 or xyz.shape[2] != 3:
+        raise ValueError(f"expected an (H, W, 3) organized cloud, got shape {xyz.shape}")
+    if not (radii[0] > 0 and radii[1] > 0):
+        raise ValueError(f"radii must be positive, got {radii[0]} and {radii[1]}")
+    if normal_max_nn < 1 or feature_max_nn < 1 or window < 1:
+        raise ValueError(
+            f"neighbour caps and window must be >= 1, got {normal_max_nn}, {feature_max_nn}, {window}"
+        )
+
+
+def _fpfh_points(
     xyz: np.ndarray,
     normal_radius: float,
     normal_max_nn: int,
     feature_radius: float,
     feature_max_nn: int,
     window: int,
-    wanted: np.ndarray | None = None,
-) -> np.ndarray:
-    """(H, W, 3) organized cloud (float32 or float64, metres; a pixel is missing when any coordinate is 0 — see
-    patchbank.preprocess.valid_points) -> (33, H, W) float64 FPFH, zeros where a point is missing.
-
-    Normals use the hybrid (normal_radius, normal_max_nn) neighbourhood, FPFH the (feature_radius,
-    feature_max_nn) one, both searched among the valid pixels within ``window`` rows and columns.
-    ``wanted``: (H, W) bool, the pixels whose FPFH is needed (None: all); the others are zeros, and only what
-    the wanted ones depend on is computed (their neighbours' SPFHs, the normals those use), so theirs equal
-    the full computation's exactly.
-    Raises ValueError for a cloud that is not (H, W, 3) or a non-positive radius, neighbour cap or window.
-    """
-    if xyz.ndim != 3 or xyz.shape[2] != 3:
-        raise ValueError(f"expected an (H, W, 3) organized cloud, got shape {xyz.shape}")
-    if not (normal_radius > 0 and feature_radius > 0):
-        raise ValueError(f"radii must be positive, got {normal_radius} and {feature_radius}")
-    if normal_max_nn < 1 or feature_max_nn < 1 or window < 1:
-        raise ValueError(
-            f"neighbour caps and window must be >= 1, got {normal_max_nn}, {feature_max_nn}, {window}"
-        )
-    h, w, _ = xyz.shape
-    out = np.zeros((FPFH_BINS, h, w))
+    wanted: np.ndarray | None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """(33, M) float64 FPFH of the M points computed (every valid one, or the wanted ones) and their flat
+    pixel numbers, ascending. See :func:`grid_fpfh`."""
+    _check(xyz, normal_max_nn, feature_max_nn, (normal_radius, feature_radius), window)
     mask = valid_points(xyz)
     if wanted is not None and wanted.shape != mask.shape:
         raise ValueError(f"wanted pixels {wanted.shape} do not match the cloud's {mask.shape}")
     if not mask.any() or (wanted is not None and not (wanted & mask).any()):
-        return out
+        return np.zeros((FPFH_BINS, 0)), np.zeros(0, dtype=np.int64)
     points = np.ascontiguousarray(xyz[mask], dtype=np.float64)
     n = points.shape[0]
     coords, index = _padded_grids(xyz, mask, window)
@@ -609,5 +635,65 @@ def grid_fpfh(
             _spread(nbr_f, cnt_f, need, level, level - 1)
     normals = _normals(points, nbr_n, cnt_n, need)
     spfh = _spfh(points, normals, nbr_f, cnt_f, need)
-    _fpfh(points, spfh, nbr_f, cnt_f, np.flatnonzero(mask), need, out.reshape(FPFH_BINS, h * w))
-    return out
+    on = need == NEED_FPFH
+    values = np.zeros((FPFH_BINS, np.count_nonzero(on)))
+    _fpfh(points, spfh, nbr_f, cnt_f, np.where(on, np.cumsum(on) - 1, -1), need, values)
+    return values, np.flatnonzero(mask)[on]
+
+
+def grid_fpfh(
+    xyz: np.ndarray,
+    normal_radius: float,
+    normal_max_nn: int,
+    feature_radius: float,
+    feature_max_nn: int,
+    window: int,
+    wanted: np.ndarray | None = None,
+) -> np.ndarray:
+    """(H, W, 3) organized cloud (float32 or float64, metres; a pixel is missing when any coordinate is 0 — see
+    patchbank.preprocess.valid_points) -> (33, H, W) float64 FPFH, zeros where a point is missing.
+
+    Normals use the hybrid (normal_radius, normal_max_nn) neighbourhood, FPFH the (feature_radius,
+    feature_max_nn) one, both searched among the valid pixels within ``window`` rows and columns.
+    ``wanted``: (H, W) bool, the pixels whose FPFH is needed (None: all); the others are zeros, and only what
+    the wanted ones depend on is computed (their neighbours' SPFHs, the normals those use), so theirs equal
+    the full computation's exactly.
+    Raises ValueError for a cloud that is not (H, W, 3) or a non-positive radius, neighbour cap or window.
+    """
+    values, pixels = _fpfh_points(
+        xyz, normal_radius, normal_max_nn, feature_radius, feature_max_nn, window, wanted
+    )
+    h, w = xyz.shape[:2]
+    out = np.zeros((FPFH_BINS, h * w))
+    out[:, pixels] = values
+    return out.reshape(FPFH_BINS, h, w)
+
+
+def pooled_fpfh(
+    xyz: np.ndarray,
+    normal_radius: float,
+    normal_max_nn: int,
+    feature_radius: float,
+    feature_max_nn: int,
+    window: int,
+    rows: np.ndarray,
+    cols: np.ndarray,
+    wanted: np.ndarray | None = None,
+) -> np.ndarray:
+    """:func:`grid_fpfh`'s map pooled as ``rows @ map @ cols.T`` (``rows`` (G, H), ``cols`` (G', W)), without
+    making the map: (33, G, G') float64. Each computed point adds its FPFH to the few cells that read it (the
+    matrix products' sums in another order: equal to rounding). Raises ValueError as :func:`grid_fpfh`, and
+    for pooling matrices that do not fit the cloud."""
+    _check(xyz, normal_max_nn, feature_max_nn, (normal_radius, feature_radius), window)
+    h, w = xyz.shape[:2]
+    if rows.ndim != 2 or cols.ndim != 2 or rows.shape[1] != h or cols.shape[1] != w:
+        raise ValueError(f"pooling matrices {rows.shape} and {cols.shape} do not fit an {h} x {w} cloud")
+    values, pixels = _fpfh_points(
+        xyz, normal_radius, normal_max_nn, feature_radius, feature_max_nn, window, wanted
+    )
+    out = np.zeros((rows.shape[0], cols.shape[0], FPFH_BINS))
+    read = cols != 0
+    first, last = read.argmax(axis=0), cols.shape[0] - 1 - read[::-1].argmax(axis=0)
+    rows, cols = (np.ascontiguousarray(m, dtype=np.float64) for m in (rows, cols))
+    _pool(np.ascontiguousarray(values.T), pixels, w, rows, cols, first, last, out)
+    return out.transpose(2, 0, 1)

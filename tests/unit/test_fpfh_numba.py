@@ -223,3 +223,35 @@ def _wanted(xyz: np.ndarray, wanted: np.ndarray) -> np.ndarray:
     o = OPTS
     args = (o.normal_radius, o.normal_max_nn, o.feature_radius, o.feature_max_nn, WINDOW)
     return grid_fpfh(xyz, *args, wanted=wanted)
+
+
+@pytest.mark.parametrize("part", [False, True])
+def test_pooled_fpfh_equals_the_map_pooled_by_to_grid(demo_cloud: np.ndarray, part: bool) -> None:
+    """The extractor pools FPFH without making the (33, 224, 224) map: the same grid as to_grid of the map
+    (BTF's 3 x 3 then adaptive average pooling), to rounding; also on a cloud that is not square."""
+    import torch
+
+    from patchbank.features.base import pool_matrix, to_grid
+
+    o = OPTS
+    args = (o.normal_radius, o.normal_max_nn, o.feature_radius, o.feature_max_nn, WINDOW)
+    for xyz in (demo_cloud, demo_cloud[:, 20:200]):
+        wanted = None
+        if part:
+            wanted = np.zeros(xyz.shape[:2], dtype=bool)
+            wanted[60:130, 40:110] = True
+        want = to_grid(torch.from_numpy(grid_fpfh(xyz, *args, wanted=wanted)[None])).numpy()[0]
+        rows, cols = pool_matrix(xyz.shape[0]), pool_matrix(xyz.shape[1])
+        got = fpfh_numba.pooled_fpfh(xyz, *args, rows, cols, wanted=wanted)
+        assert got.shape == want.shape == (33, 28, 28)
+        np.testing.assert_allclose(got, want, rtol=0, atol=1e-12 * np.abs(want).max())
+        assert (got != 0).any()
+
+
+def test_pooled_fpfh_refuses_pooling_that_does_not_fit(demo_cloud: np.ndarray) -> None:
+    from patchbank.features.base import pool_matrix
+
+    o = OPTS
+    args = (o.normal_radius, o.normal_max_nn, o.feature_radius, o.feature_max_nn, WINDOW)
+    with pytest.raises(ValueError, match="pooling matrices"):
+        fpfh_numba.pooled_fpfh(demo_cloud, *args, pool_matrix(100), pool_matrix(224))

@@ -13,7 +13,8 @@ from safetensors.torch import save_file
 
 from patchbank.errors import WeightsError
 from patchbank.features import create_extractor
-from patchbank.weights import WeightsRequest, params_sha256, sha256_file
+from patchbank.features.rgb import RGBOptions, TimmBackbone
+from patchbank.weights import WeightsRequest, load_weights, sha256_file
 
 SMALL = {"backbone": "resnet18", "layers": [2, 3]}
 
@@ -41,8 +42,10 @@ def test_safetensors_and_pt_give_the_same_extractor(
     b = create_extractor("rgb", SMALL, WeightsRequest.file(pt))
     assert a.weights.kind == "file" and a.weights.file_sha256 == sha256_file(st_file)
     assert a.weights.params_sha256 == b.weights.params_sha256
-    # the loaded tensors are the file's: layer2's first conv equals the saved one
-    loaded = a.model.state_dict()["layer2.0.conv1.weight"]  # type: ignore[attr-defined]
+    # the loaded tensors are the file's (before the extractor folds batch norms into convolutions)
+    model, ident = load_weights(TimmBackbone(RGBOptions(**SMALL)), WeightsRequest.file(st_file))
+    assert ident.params_sha256 == a.weights.params_sha256
+    loaded = model.state_dict()["layer2.0.conv1.weight"]
     assert torch.equal(loaded, full_state["layer2.0.conv1.weight"])
 
 
@@ -86,7 +89,9 @@ def test_rebuild_accepts_a_moved_file_and_refuses_other_weights(
     moved = tmp_path / "moved.safetensors"
     moved.write_bytes(st_file.read_bytes())
     again = create_extractor("rgb", SMALL, built.weights, weights_override=str(moved))
-    assert params_sha256(again.model) == built.weights.params_sha256  # type: ignore[attr-defined]
+    rebuilt, original = again.model.state_dict(), built.model.state_dict()  # type: ignore[attr-defined]
+    assert rebuilt.keys() == original.keys()
+    assert all(torch.equal(rebuilt[k], original[k]) for k in original)
 
     other = dict(full_state)
     other["layer2.0.conv1.weight"] = other["layer2.0.conv1.weight"] + 1
