@@ -28,6 +28,7 @@ from patchbank_builder.options import (
     CompareOptions,
     EvaluateOptions,
     PublishOptions,
+    RefreshOptions,
     Where,
 )
 
@@ -307,6 +308,51 @@ def _calibrate(args: argparse.Namespace) -> int:
     if opts.publish:
         _publish(banks, m.category, m.version, opts)
     return 0
+
+
+def _refresh(args: argparse.Namespace) -> int:
+    from patchbank.config import default_device
+    from patchbank_builder.refresh import RefreshRequest, refresh_bank
+
+    opts = parse_model(RefreshOptions, args)
+    s = Settings()
+    root = opts.data_root or s.data_root
+    report = refresh_bank(
+        RefreshRequest(
+            category=opts.category,
+            banks=banks_dir(opts, s),
+            data_root=root,
+            feedback_dir=opts.feedback_dir,
+            recall_dir=opts.recall_dir,
+            redis_url=s.redis_url,
+            half_life_days=opts.half_life_days,
+            size=opts.size,
+            holdout=opts.holdout,
+            confirmations=opts.confirmations,
+            publish=opts.publish,
+            force=opts.force,
+            tolerance=opts.tolerance,
+            keep=opts.keep,
+            device=default_device(opts.device or s.device),
+            progress=not opts.quiet,
+        )
+    )
+    print("\n".join(report.lines()))
+    return 0
+
+
+REFRESH = Command(
+    "refresh",
+    "a new bank version from the active one plus confirmed-good parts (the unrecalled forgotten first), "
+    "evaluated and published through the guard",
+    lambda p: add_model_flags(p, RefreshOptions),
+    _refresh,
+)
+
+
+def refresh_bank_main(argv: Sequence[str] | None = None) -> int:
+    """The ``refresh-bank`` script: ``patchbank refresh`` under its headline name."""
+    return run_command(REFRESH, argv, prog="refresh-bank")
 
 
 CALIBRATE = Command(

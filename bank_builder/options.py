@@ -134,3 +134,39 @@ class PublishOptions(Publishing):
     version: str = Field(description="the version to make active, e.g. v0003 (also: rollback)")
     banks: Path | None = Field(None, description="banks directory; default PATCHBANK_BANKS")
     quiet: bool = Field(False, description="warnings only")
+
+
+class RefreshOptions(Where):
+    """``refresh-bank``: the active bank plus confirmed-good parts, size bounded, the unrecalled forgotten."""
+
+    feedback_dir: Path | None = Field(
+        None, description="the service's review records (PATCHBANK_FEEDBACK_DIR); default <banks>/.feedback"
+    )
+    recall_dir: Path | None = Field(
+        None,
+        description="the replicas' recall statistics when Redis is not used (PATCHBANK_RECALL_DIR); "
+        "default <banks>/.recall",
+    )
+    half_life_days: float = Field(
+        7.0, gt=0, description="days after which a bank vector no part recalled keeps half its retention"
+    )
+    size: int | None = Field(
+        None,
+        ge=1,
+        description="the most vectors per member (default: twice the built version's size, then kept by every "
+        "refresh)",
+    )
+    holdout: float = Field(
+        0.3, gt=0, lt=1, description="share of the confirmed-good parts kept aside to set the thresholds"
+    )
+    confirmations: int = Field(
+        2, ge=1, description="reviewers needed for a part that scores above the threshold (else held back)"
+    )
+    publish: bool = Field(
+        True, description="publish the new version through the guard (--no-publish: write it only)"
+    )
+    force: bool = Field(False, description="publish even if it evaluates worse than the active one")
+    tolerance: float = Field(
+        DEFAULT_TOLERANCE, ge=0, description="how much worse (I-AUROC, AU-PRO, P-AUROC) is still published"
+    )
+    keep: int = Field(DEFAULT_KEEP, ge=1, description="versions kept for rollback when publishing")

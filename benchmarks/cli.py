@@ -119,3 +119,66 @@ BENCH = Command(
     _configure,
     _bench,
 )
+
+
+def _configure_drift(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--root", type=Path, default=Path("drift-work"), help="data and banks (default drift-work)"
+    )
+    p.add_argument("--category", default="puck", help="demo category (default puck)")
+    p.add_argument(
+        "--seeds",
+        default="11:12,21:22",
+        help="pairs OLD:NEW of demo-data seeds, one scenario each (default 11:12,21:22)",
+    )
+    p.add_argument(
+        "--shift", type=float, default=0.5, help="the new setting's material shift, 0-1 (default 0.5)"
+    )
+    p.add_argument("--train", type=int, default=40, help="training samples of each setting (default 40)")
+    p.add_argument("--validation", type=int, default=10, help="validation goods of each setting (default 10)")
+    p.add_argument("--test", type=int, default=10, help="test samples per kind (default 10)")
+    p.add_argument("--size", type=int, default=224, help="demo image side, pixels (default 224)")
+    p.add_argument(
+        "--confirmed", type=int, default=40, help="new-setting parts scored and confirmed good (default 40)"
+    )
+    p.add_argument(
+        "--target-frr", type=float, default=0.05, help="the calibrated false-reject rate (default 0.05)"
+    )
+    p.add_argument("--half-life-days", type=float, default=7.0, help="the forgetting curve's half-life")
+    p.add_argument("--quiet", action="store_true")
+
+
+def _drift(args: argparse.Namespace) -> int:
+    from patchbank_benchmarks.drift import DriftConfig, run_drift
+
+    pairs = []
+    for pair in _split(args.seeds, "--seeds"):
+        old, _, new = pair.partition(":")
+        pairs.append((_positive(old, "--seeds"), _positive(new, "--seeds")))
+    if not 0 <= args.shift <= 1:
+        raise InputError(f"--shift must be in [0, 1], got {args.shift}")
+    cfg = DriftConfig(
+        root=args.root,
+        category=args.category,
+        seeds=tuple(pairs),
+        shift=args.shift,
+        n_train=args.train,
+        n_validation=args.validation,
+        n_test=args.test,
+        size=args.size,
+        confirmed=args.confirmed,
+        target_frr=args.target_frr,
+        half_life_days=args.half_life_days,
+        progress=not args.quiet,
+    )
+    results = run_drift(cfg)
+    return 0 if all(all(r.holds()) for r in results) else 1
+
+
+DRIFT = Command(
+    "drift",
+    "a drifting line and a living bank: false alarms and detection before and after refresh-bank, on two "
+    "independently generated scenarios",
+    _configure_drift,
+    _drift,
+)

@@ -208,6 +208,27 @@ class Member(BaseModel):
         return self.features.extractor
 
 
+class RefreshRecord(BaseModel):
+    """How ``refresh-bank`` made this version from its parent: which confirmed-good parts, which parameters."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    candidates: list[str] = Field(
+        description="review decisions used by this version and its refreshed parents"
+    )
+    added: list[str] = Field(description="the decisions whose patches joined the coreset choice")
+    held_out: list[str] = Field(description="the decisions that set the thresholds (never in the bank)")
+    held_back: list[str] = Field(
+        description="decisions not used: unreadable, or far and not confirmed enough"
+    )
+    half_life_days: float = Field(description="the forgetting curve's half-life for a vector never recalled")
+    size: list[int] = Field(description="vectors per member")
+    bound: list[int] = Field(description="the most vectors per member this bank's refreshes keep")
+    confirmations: int = Field(description="reviewers a candidate scoring above the threshold needed")
+    recalled: list[int] = Field(description="per member, the parent's vectors recalled at least once")
+    at: str = Field(description="UTC, ISO 8601")
+
+
 class Manifest(BaseModel):
     """Everything needed to rebuild a bank's scorer exactly, and to check that it is intact."""
 
@@ -233,7 +254,10 @@ class Manifest(BaseModel):
     )
     libraries: dict[str, str] = Field(description="versions of the libraries the bank was built with")
     files: dict[str, str] = Field(default_factory=dict, description="sha256 of each file in the version dir")
-    parent: str | None = Field(None, description="the version this one was derived from (recalibration)")
+    parent: str | None = Field(
+        None, description="the version this one was derived from (recalibration, refresh-bank)"
+    )
+    refresh: RefreshRecord | None = Field(None, description="set by refresh-bank")
     cloud_scale: CloudScale | None = Field(
         None, description="scale of the training clouds; samples sent without a unit are checked against it"
     )

@@ -123,6 +123,30 @@ def greedy_k_center(z: torch.Tensor, m: int, progress: bool = True) -> np.ndarra
     return chosen.cpu().numpy()
 
 
+def weighted_k_center(z: torch.Tensor, weights: torch.Tensor, m: int, progress: bool = True) -> np.ndarray:
+    """Greedy k-center where each row's claim is its weight times its distance to the chosen set: the
+    heaviest row first, then repeatedly the row with the largest weighted distance. A living bank's refresh
+    (``refresh-bank``): new vectors weigh 1, old ones their retention, so an old vector far from everything
+    chosen stays only while it is still recalled. (M,) int64 indices in selection order."""
+    import torch
+
+    n = len(z)
+    if not 0 < m <= n:
+        raise InputError(f"cannot choose {m} of {n} rows")
+    sq = (z * z).sum(dim=1)
+    w = weights.to(z.device, torch.float64)
+    min_d = torch.full((n,), float("inf"), dtype=torch.float64, device=z.device)
+    chosen = torch.empty(m, dtype=torch.int64, device=z.device)
+    idx = torch.argmax(w)
+    for i in tqdm(range(m), desc="coreset", unit="pt", disable=not progress, mininterval=0.5):
+        chosen[i] = idx
+        d = (sq - 2 * (z @ z[idx]) + sq[idx]).clamp_min_(0).double()
+        torch.minimum(min_d, d, out=min_d)
+        min_d[idx] = 0
+        idx = torch.argmax(w * min_d.sqrt())
+    return chosen.cpu().numpy()
+
+
 def greedy_k_center_cpu(
     z: np.ndarray, m: int, progress: bool = True, steps_per_call: int = 256
 ) -> tuple[np.ndarray, float]:

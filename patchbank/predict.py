@@ -102,7 +102,8 @@ class Prediction:
     is over the longest side allowed (None unless asked for); regions: the connected areas of
     ``anomaly_map`` above the pixel threshold, in the input's pixels; peak: the map's maximum (``anomaly_map``,
     else ``map224``) in the input's pixels, the place to look at even when no region is above the threshold;
-    image: the input RGB at ``anomaly_map``'s size, for drawing the map over it (None unless asked for).
+    image: the input RGB at ``anomaly_map``'s size, for drawing the map over it (None unless asked for);
+    nearest: per bank member, the (784,) bank rows of the patches' nearest vectors (-1: not searched).
     """
 
     sample_id: str | None
@@ -117,6 +118,7 @@ class Prediction:
     anomaly_map: np.ndarray | None = None
     regions: list[Region] = field(default_factory=list)
     image: Image.Image | None = None
+    nearest: tuple[np.ndarray, ...] = ()
 
 
 def map_size(input_size: tuple[int, int], max_side: int) -> tuple[int, int]:
@@ -203,6 +205,7 @@ def predict_prepared(
                 peak=peak,
                 anomaly_map=amap,
                 image=image,
+                nearest=tuple(rows[i] for rows in scores.nearest),
                 regions=[]
                 if amap is None
                 else [r.scaled(size, p.input_size) for r in find_regions(amap, thresholds.pixel)],

@@ -44,17 +44,23 @@ class Scores:
     """Scores of a batch of B samples.
 
     image: (B,) float32 reweighted image scores; patches: (B, 28, 28) float32 patch scores;
-    maps: (B, 224, 224) float32 blurred anomaly maps.
+    maps: (B, 224, 224) float32 blurred anomaly maps; nearest: per bank member, (B, 784) int64 bank rows of
+    the patches' nearest vectors (-1 for a patch not searched), what a living bank's recall counts.
     """
 
     image: np.ndarray
     patches: np.ndarray
     maps: np.ndarray
+    nearest: tuple[np.ndarray, ...] = ()
 
     @classmethod
     def concat(cls, parts: Sequence[Scores]) -> Scores:
         """The scores of several batches as one."""
-        return cls(*(np.concatenate([getattr(p, f) for p in parts]) for f in ("image", "patches", "maps")))
+        image, patches, maps = (
+            np.concatenate([getattr(p, f) for p in parts]) for f in ("image", "patches", "maps")
+        )
+        nearest = tuple(np.concatenate(rows) for rows in zip(*(p.nearest for p in parts), strict=True))
+        return cls(image, patches, maps, nearest)
 
 
 def gaussian_kernel(sigma: float = BLUR_SIGMA) -> torch.Tensor:
@@ -176,6 +182,7 @@ def score_patches(
     ``keep``: (B, 784) bool, the patches on the part (:func:`part_patches`); the others take the lowest
     score of their sample's part before the map and the image score are made (they are not searched)."""
     rows, dists = nearest(index, patches, exclude_rows, keep)
+    searched = rows if keep is None else np.where(keep, rows, -1)
     if keep is not None:
         dists = mask_background(dists, keep)
     grid, maps = anomaly_maps(dists)
@@ -183,7 +190,7 @@ def score_patches(
         image = maps.reshape(len(maps), -1).max(axis=1)
     else:
         image = image_scores(index, patches, rows, dists)
-    return Scores(image=image, patches=grid, maps=maps)
+    return Scores(image=image, patches=grid, maps=maps, nearest=(searched,))
 
 
 def part_patches(batch: Sequence[Prepared], scoring: Scoring) -> np.ndarray | None:
@@ -209,6 +216,7 @@ def fuse(fusion: Fusion | None, members: Sequence[Scores]) -> Scores:
         image=fusion.image.apply(np.stack([m.image for m in members])),
         patches=fusion.pixel.apply(np.stack([m.patches for m in members])),
         maps=fusion.pixel.apply(np.stack([m.maps for m in members])),
+        nearest=tuple(rows for m in members for rows in m.nearest),
     )
 
 

@@ -28,6 +28,7 @@ from pydantic import Field
 from patchbank import bank as bankfmt
 from patchbank.clouds import Intrinsics, XyzUnit
 from patchbank.config import require, weights_override
+from patchbank.drift import DriftStats, drift_stats
 from patchbank.errors import (
     BankError,
     InputError,
@@ -39,6 +40,7 @@ from patchbank.errors import (
 )
 from patchbank.loaded import LoadedBanks
 from patchbank.predict import Sample
+from patchbank.recall import RecallSummary
 from patchbank.scorer import BankScorer
 from patchbank_service import console
 from patchbank_service.batching import Batcher
@@ -50,14 +52,17 @@ from patchbank_service.models import (
     BatchResponse,
     CategoriesResponse,
     CategoryInfo,
+    DriftInfo,
     ErrorResponse,
     Health,
     MapFormat,
     MemberInfo,
     Readiness,
+    RecallInfo,
     ScoreResponse,
 )
 from patchbank_service.observability import Metrics
+from patchbank_service.recall import RecallKeeper
 from patchbank_service.replicas import IdempotencyConflict, ReplicaLink, request_digest
 from patchbank_service.review import Review
 from patchbank_service.review import router as review_router
@@ -108,12 +113,6 @@ class State:
         self.loaded = loaded
         self.metrics = Metrics()
         self.limiter = anyio.CapacityLimiter(settings.concurrency)
-        self.score_samples = partial(score_samples, max_map_side=settings.max_map_side)
-        self.batcher = None
-        if settings.max_batch > 1:
-            self.batcher = Batcher(
-                self.in_thread, settings.max_batch, self.metrics.batch_size.observe, self.score_samples
-            )
         self.admitted = 0
         self.ready = False
         self.replicas: ReplicaLink | None = None
@@ -127,12 +126,26 @@ class State:
                 settings.stream_maxlen,
                 settings.idempotency_ttl_s,
             )
-        self.review = Review(settings, loaded, self.replicas)  # recent decisions and feedback (GET /recent)
+        # recent decisions and feedback (GET /recent)
+        self.review = Review(settings, loaded, self.replicas, self.metrics)
+        self.recall = RecallKeeper(  # which bank vectors parts decided OK matched (a living bank's memory)
+            settings.recall_dir or loaded.banks / ".recall",
+            self.review.recent.replica,
+            None if self.replicas is None else self.replicas.client,
+            settings.recall_flush_s,
+        )
+        self.score_samples = partial(score_samples, max_map_side=settings.max_map_side, recall=self.recall)
+        self.batcher = None
+        if settings.max_batch > 1:
+            self.batcher = Batcher(
+                self.in_thread, settings.max_batch, self.metrics.batch_size.observe, self.score_samples
+            )
 
     def load(self) -> None:
         """Load every bank, warm the extractors up, then turn ready (runs in a thread at start-up)."""
         self.loaded.load_all()
         self.loaded.warm_up()
+        self.recall.start()
         if self.replicas is not None:
             self.replicas.start()
         self.ready = True
@@ -250,6 +263,29 @@ def category_info(scorer: BankScorer) -> CategoryInfo:
     )
 
 
+def drift_of(state: State, scorer: BankScorer) -> DriftStats:
+    """The drift statistics of a bank from this replica's recent decisions (the active version's OK ones)."""
+    m = scorer.bank.manifest
+    decisions, _, _ = state.review.recent.since(None, m.category, state.review.recent.size)
+    recent = [d.image_score for d in decisions if d.decision == "OK" and d.bank_version == m.version]
+    return drift_stats(recent, m.score_stats.image_scores, m.thresholds.image)
+
+
+def recall_info(scorer: BankScorer, summary: RecallSummary, source: str) -> RecallInfo:
+    m = scorer.bank.manifest
+    names = {0.5: "p50", 0.9: "p90", 1.0: "max"}
+    return RecallInfo(
+        category=m.category,
+        bank_version=m.version,
+        source=source,  # type: ignore[arg-type]
+        vectors=summary.vectors,
+        recalled=summary.recalled,
+        recalled_fraction=summary.recalled_fraction,
+        recalls=summary.recalls,
+        age_s={names[q]: age for q, age in summary.age_s.items()},
+    )
+
+
 def create_app(settings: ServiceSettings | None = None, loaded: LoadedBanks | None = None) -> FastAPI:
     settings = settings or ServiceSettings()
     if loaded is None:
@@ -265,6 +301,7 @@ def create_app(settings: ServiceSettings | None = None, loaded: LoadedBanks | No
         yield
         if not loading.done():
             loading.cancel()
+        await anyio.to_thread.run_sync(state.recall.stop)  # the last recalls written (and pushed) first
         if state.replicas is not None:
             await anyio.to_thread.run_sync(state.replicas.stop)
             await state.replicas.aclose()
@@ -434,6 +471,44 @@ def _install_routes(app: FastAPI) -> None:
         """One loaded category: method, bank size, dimension, version, thresholds, evaluation figures."""
         return category_info(state.loaded.get(name))
 
+    @app.get(
+        "/categories/{name}/recall",
+        response_model=RecallInfo,
+        dependencies=[Depends(api_key)],
+        tags=["banks"],
+    )
+    async def recall(state: StateDep, name: str) -> RecallInfo:
+        """How much of the category's active bank parts decided OK have recalled (matched) since it was built,
+        and how long ago: every replica's counts (Redis, else the replicas' files)."""
+        scorer = state.scorer(name)
+        stats, source = await anyio.to_thread.run_sync(state.recall.merged, scorer)
+        return recall_info(scorer, stats.summary(time.time()), source)
+
+    @app.get(
+        "/categories/{name}/drift",
+        response_model=DriftInfo,
+        dependencies=[Depends(api_key)],
+        tags=["banks"],
+    )
+    async def drift(state: StateDep, name: str) -> DriftInfo:
+        """Whether the line drifts: the recent OK scores against the calibration goods' (KS test, median
+        shift) and the reviewed parts' false-alarm rate. The same figures are Prometheus metrics."""
+        scorer = state.scorer(name)
+        stats = drift_of(state, scorer)
+        records = await anyio.to_thread.run_sync(
+            state.review.feedback.newest, name, state.settings.feedback_keep
+        )
+        on_ng = [r for r in records if r.decision.decision == "NG"]
+        false_alarms = sum(r.verdict == "false_alarm" for r in on_ng)
+        return DriftInfo(
+            category=name,
+            bank_version=scorer.bank.manifest.version,
+            **vars(stats),
+            reviewed_ng=len(on_ng),
+            false_alarms=false_alarms,
+            reviewed_false_alarm_rate=false_alarms / len(on_ng) if on_ng else None,
+        )
+
     @app.post(
         "/categories/{name}/reload",
         response_model=CategoryInfo,
@@ -470,6 +545,12 @@ def _install_routes(app: FastAPI) -> None:
     @app.get("/metrics", response_class=PlainTextResponse, tags=["health"])
     async def metrics(state: StateDep) -> Response:
         """Prometheus metrics."""
+        if state.ready:
+            for name in state.loaded.categories():
+                stats = drift_of(state, state.loaded.get(name))
+                if stats.ks is not None and stats.shift is not None:
+                    state.metrics.drift_ks.labels(category=name).set(stats.ks)
+                    state.metrics.drift_shift.labels(category=name).set(stats.shift)
         return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
 
@@ -493,6 +574,9 @@ def _observe(state: State, results: list[ScoreResponse], start: float, uploads: 
     for r, upload in zip(results, uploads, strict=True):
         r.timings_ms.total = latency_ms
         recorded = state.review.record(r, upload, latency_ms, now)
+        if state.review.auto_accept_below is not None:
+            calibration = state.loaded.get(r.category).bank.manifest.score_stats.image_scores
+            state.review.auto_accept(recorded, calibration)
         if state.replicas is not None:
             state.replicas.record_score(recorded.to_event())
         decision = "NG" if r.is_anomalous else "OK"

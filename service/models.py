@@ -125,3 +125,43 @@ class Readiness(BaseModel):
 
 class ErrorResponse(BaseModel):
     detail: str = Field(description="what was wrong, for a person to read")
+
+
+class RecallInfo(BaseModel):
+    """How much of a category's bank the parts decided OK have recalled (matched), and how long ago."""
+
+    category: str
+    bank_version: str
+    source: Literal["redis", "files"] = Field(
+        description="where every replica's counts were read: Redis, else the replicas' files"
+    )
+    vectors: int = Field(description="bank vectors, all members together")
+    recalled: int = Field(description="vectors recalled at least once")
+    recalled_fraction: float
+    recalls: int = Field(description="recalls in all (each part recalls a vector at most once)")
+    age_s: dict[str, float | None] = Field(
+        description="seconds since the recalled vectors' last recall: median (p50), p90 and the oldest (max); "
+        "None while nothing is recalled"
+    )
+
+
+class DriftInfo(BaseModel):
+    """Is the line drifting? This replica's recent OK scores against the bank's calibration goods, and the
+    reviewed parts' false-alarm rate."""
+
+    category: str
+    bank_version: str
+    n_recent: int = Field(description="recent OK decisions of this bank version (this replica's)")
+    n_calibration: int = Field(description="the held-out goods the thresholds were set on")
+    ks: float | None = Field(
+        description="two-sample Kolmogorov-Smirnov statistic; None with < 10 recent OK parts"
+    )
+    p_value: float | None
+    median_recent: float | None
+    median_calibration: float
+    shift: float | None = Field(
+        description="median recent minus median calibration, in the calibration scores' interquartile ranges"
+    )
+    reviewed_ng: int = Field(description="NG decisions with a verdict (this replica's feedback records)")
+    false_alarms: int = Field(description="of those, verdict false_alarm")
+    reviewed_false_alarm_rate: float | None

@@ -59,6 +59,25 @@ class Metrics:
         self.rejected = Counter(
             "patchbank_rejected_total", "requests refused because the queue was full", registry=self.registry
         )
+        self.drift_ks = Gauge(
+            "patchbank_drift_ks",
+            "recent OK scores against the bank's calibration goods: two-sample KS statistic (0 same, 1 apart)",
+            ["category"],
+            registry=self.registry,
+        )
+        self.drift_shift = Gauge(
+            "patchbank_drift_shift",
+            "median of the recent OK scores minus the calibration goods', in their interquartile ranges",
+            ["category"],
+            registry=self.registry,
+        )
+        self.feedback = Counter(
+            "patchbank_feedback_total",
+            "review verdicts by category, decision (OK/NG) and verdict: the reviewed false-alarm rate is "
+            "false_alarm / all on NG decisions",
+            ["category", "decision", "verdict"],
+            registry=self.registry,
+        )
         self.batch_size = Histogram(
             "patchbank_batch_size",
             "samples per scoring pass (dynamic batching of /score, and /score/batch)",

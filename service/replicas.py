@@ -160,6 +160,11 @@ class ReplicaLink:
             self.metrics.stream_dropped.inc()
 
     @property
+    def client(self) -> redis.Redis:
+        """The background threads' Redis client (synchronous)."""
+        return self._client
+
+    @property
     def aclient(self) -> aredis.Redis:
         """The request path's Redis client (the live view and review read and write through it)."""
         return self._aclient

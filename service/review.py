@@ -10,7 +10,10 @@ from __future__ import annotations
 import base64
 import io
 import logging
+import threading
 import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import suppress
 from typing import Annotated, Any, Literal
 
@@ -28,6 +31,7 @@ from patchbank.regions import Region, heatmap_png
 from patchbank_service.feedback import (
     FEEDBACK_PREFIX,
     FeedbackList,
+    FeedbackNotStored,
     FeedbackRecord,
     FeedbackRequest,
     FeedbackStore,
@@ -35,6 +39,7 @@ from patchbank_service.feedback import (
     pointer,
 )
 from patchbank_service.models import ScoreResponse
+from patchbank_service.observability import Metrics
 from patchbank_service.recent import (
     CATEGORY_PATTERN,
     REDIS_ERRORS,
@@ -56,22 +61,69 @@ CategoryQuery = Annotated[str | None, Query(pattern=CATEGORY_PATTERN, descriptio
 LimitQuery = Annotated[int, Query(ge=1, le=1000, description="at most this many")]
 
 
+AUTO_ACCEPT = "auto-accept"  # the reviewer name of parts kept by PATCHBANK_AUTO_ACCEPT_BELOW
+AUTO_ACCEPT_QUEUE = 8
+
+
 class Review:
     """A replica's recent decisions and feedback records, and its link to the other replicas' (Redis)."""
 
-    def __init__(self, settings: ServiceSettings, loaded: LoadedBanks, replicas: ReplicaLink | None) -> None:
+    def __init__(
+        self,
+        settings: ServiceSettings,
+        loaded: LoadedBanks,
+        replicas: ReplicaLink | None,
+        metrics: Metrics | None = None,
+    ) -> None:
         self.loaded = loaded
         self.replicas = replicas
+        self.metrics = metrics
         self.recent = RecentDecisions(
             settings.recent_size, settings.recent_samples, int(settings.recent_samples_mb * 1024 * 1024)
         )
         root = settings.feedback_dir or loaded.banks / ".feedback"
         self.feedback = FeedbackStore(root, settings.feedback_keep, self.recent.replica)
         self.render_limiter = anyio.CapacityLimiter(1)  # maps are drawn one at a time, beside the scoring
+        self.auto_accept_below = settings.auto_accept_below
+        self._auto = ThreadPoolExecutor(max_workers=1, thread_name_prefix="patchbank-auto-accept")
+        self._auto_pending = 0  # writes queued; beyond AUTO_ACCEPT_QUEUE a part is skipped, never waited for
+        self._auto_lock = threading.Lock()
 
     def record(self, r: ScoreResponse, upload: Sample, latency_ms: float, at: float) -> Decision:
         """Keep one answered sample (on the scoring path: an append under a lock)."""
         return self.recent.record(r, upload, latency_ms, at)
+
+    def auto_accept(self, decision: Decision, calibration: Sequence[float]) -> bool:
+        """With ``auto_accept_below`` set, keep an OK part scoring below that quantile of the calibration goods'
+        scores as a confirmed-good candidate (written in a background thread; skipped when writes lag)."""
+        q = self.auto_accept_below
+        if q is None or decision.decision != "OK" or not calibration:
+            return False
+        kept = self.recent.sample(decision.id)
+        if kept is None or decision.image_score >= float(np.quantile(calibration, q)):
+            return False
+        with self._auto_lock:
+            if self._auto_pending >= AUTO_ACCEPT_QUEUE:
+                return False
+            self._auto_pending += 1
+        ask = FeedbackRequest(
+            decision_id=decision.id,
+            verdict="confirmed",
+            who=AUTO_ACCEPT,
+            note=f"scored below the {q:g} quantile of the calibration goods",
+        )
+
+        def write() -> None:
+            try:
+                self.feedback.write(ask, decision, kept, None)
+            except FeedbackNotStored as exc:
+                log.warning("auto-accepted part %s not kept: %s", decision.id, exc)
+            finally:
+                with self._auto_lock:
+                    self._auto_pending -= 1
+
+        self._auto.submit(write)
+        return True
 
     @property
     def shared(self) -> bool:
@@ -130,6 +182,10 @@ class Review:
         kept = self.recent.sample(decision.id)
         missing = None if kept is not None else self._why_not_held(decision.id)
         record = await anyio.to_thread.run_sync(self.feedback.write, ask, decision, kept, missing)
+        if self.metrics is not None:
+            self.metrics.feedback.labels(
+                category=decision.category, decision=decision.decision, verdict=ask.verdict
+            ).inc()
         if self.replicas is not None:
             try:
                 await self.replicas.aclient.xadd(

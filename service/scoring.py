@@ -15,6 +15,7 @@ from patchbank.preprocess import DEFAULT_MAX_MAP_SIDE
 from patchbank.regions import Region, heatmap_png
 from patchbank.scorer import BankScorer
 from patchbank_service.models import AnomalyMap, MapFormat, PeakOut, RegionOut, ScoreResponse, Timings
+from patchbank_service.recall import RecallKeeper
 
 
 def score_samples(
@@ -22,11 +23,17 @@ def score_samples(
     samples: list[Sample],
     map_format: MapFormat,
     max_map_side: int = DEFAULT_MAX_MAP_SIDE,
+    recall: RecallKeeper | None = None,
 ) -> list[ScoreResponse]:
     """Score samples in one pass (one backbone pass, one search); every answer has its own timings and its
-    map at most ``max_map_side`` pixels on its longer side. An overlay keeps each image at its map's size."""
+    map at most ``max_map_side`` pixels on its longer side. An overlay keeps each image at its map's size.
+    The parts decided OK recall the bank vectors they matched (``recall``)."""
     m = scorer.bank.manifest
     preds = predict(scorer, samples, max_map_side=max_map_side, keep_image=map_format == "overlay")
+    if recall is not None:
+        for p in preds:
+            if not p.is_anomalous:
+                recall.record(scorer, p.nearest)
     return [response(m.category, m.version, p, map_format) for p in preds]
 
 

@@ -91,6 +91,21 @@ class ServiceSettings(Settings):
     feedback_keep: int = Field(
         1000, ge=1, description="review records kept per category; the oldest are deleted beyond it"
     )
+    auto_accept_below: float | None = Field(
+        None,
+        gt=0,
+        lt=1,
+        description="keep OK parts scoring below this quantile of the bank's calibration goods as confirmed-good "
+        "refresh candidates without review (e.g. 0.5: below the median good part); none: off",
+    )
+    recall_dir: Path | None = Field(
+        None,
+        description="folder of the banks' recall statistics (how often each bank vector matched a part "
+        "decided OK, and when last), one file per replica and bank version; default: <banks>/.recall",
+    )
+    recall_flush_s: float = Field(
+        30.0, gt=0, description="how often a replica writes its recall statistics (and pushes them to Redis)"
+    )
     console_samples: Path | None = Field(
         None,
         description="a dataset folder (MVTec 3D-AD layout) whose test parts the console's Inspect page offers "

@@ -18,6 +18,13 @@ def _configure(p: argparse.ArgumentParser) -> None:
     p.add_argument("--test", type=int, default=10, help="test samples per kind (good and each defect)")
     p.add_argument("--size", default="400", help="image size in pixels: PX or WIDTHxHEIGHT")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--shift",
+        type=float,
+        default=0.0,
+        metavar="S",
+        help="line drift in [0, 1]: a new material batch (part tint and mottling change, geometry does not)",
+    )
     p.add_argument("--quiet", action="store_true")
 
 
@@ -43,6 +50,7 @@ def _make(args: argparse.Namespace) -> int:
         size=parse_size(args.size),
         seed=args.seed,
         progress=not args.quiet,
+        shift=args.shift,
     )
     for d in dirs:
         print(f"wrote {d}")
@@ -55,5 +63,6 @@ MAKE_DEMO_DATA = Command(
     _configure,
     _make,
     "Write synthetic RGB + xyz inspection data in the MVTec 3D-AD layout: 2.5D objects on a table seen by a "
-    "perspective RGB-D camera, with geometric and colour-only defects, sensor noise and dropout.",
+    "perspective RGB-D camera, with geometric and colour-only defects, sensor noise and dropout. --shift S "
+    "renders a line drift: a new material batch, the parts' colour and texture change, not their geometry.",
 )

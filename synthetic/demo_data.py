@@ -16,8 +16,17 @@ at the object's edge (the table shows through).
 
 Frames: *table* frame (x, y on the table plane, z up, metres) with the camera centre at (0, 0, D); *object*
 frame (u, v) = table frame translated and rotated by the object's pose. Every sample's random streams come
-from ``SeedSequence([seed, category_id, split_id, kind_id, index])``, so a file depends only on those values
-and the image size, never on how many samples are generated or in which order.
+from ``SeedSequence([seed, category_id, split_id, kind_id, index])``, so a file depends only on those values,
+the image size and ``shift``, never on how many samples are generated or in which order.
+
+Line drift (``shift`` in [0, 1], default 0) models a new batch of material on an unchanged line. It acts in
+one place, :func:`_drift`, on the object albedo only and before any defect, so a stain is still a stain on
+the new material: a per-channel tint ``1 + shift * (BATCH_TINT - 1)`` (at 1: red x0.80, green x0.96, blue
+x1.18, so the beige puck turns sage grey and the aluminium bracket blue-grey) times stronger mottling
+``1 + shift * (BATCH_MOTTLE[0] * low + BATCH_MOTTLE[1] * fine)`` from the object's own 6 mm and 0.8 mm noise
+fields (at 1 about 2.5x the puck's texture contrast). Geometry, table, light, sensor noise and defects never
+depend on ``shift``: xyz and gt files are identical for every shift, and ``shift = 0`` renders exactly what
+the generator wrote before the option existed.
 """
 
 from __future__ import annotations
@@ -70,6 +79,9 @@ TABLE_RGB = (0.30, 0.31, 0.33)
 DEFECT_TRIES = 8
 FLAT_TOLERANCE = 2.5 * MM  # max intact height range under a defect
 _STREAM_COUNT = 4  # pose, texture, sensor, defect
+# line drift at shift = 1 (see _drift): per-channel albedo gain, extra (low, fine) mottling amplitude
+BATCH_TINT: Final = (0.80, 0.96, 1.18)
+BATCH_MOTTLE: Final = (0.08, 0.05)
 
 
 @dataclass(frozen=True)
@@ -654,6 +666,7 @@ class _Scene:
     category: _Category
     pose: _Pose
     defect: _Defect | None
+    shift: float = 0.0  # line drift of the object's material, see _drift
 
     def height(self, x: FloatArray, y: FloatArray) -> FloatArray:
         """Surface height (m) above the table at table points (N,)."""
@@ -691,11 +704,23 @@ def _normals(points: FloatArray) -> FloatArray:
     return n / np.maximum(np.linalg.norm(n, axis=2, keepdims=True), 1e-12)
 
 
+def _drift(colour: FloatArray, u: FloatArray, v: FloatArray, tex: _Textures, shift: float) -> FloatArray:
+    """The intact object albedo (N, 3) at object points (N,) as a new material batch, ``shift`` in [0, 1]:
+    tinted per channel by ``1 + shift * (BATCH_TINT - 1)`` and with mottling raised by a factor
+    ``1 + shift * (BATCH_MOTTLE[0] * low + BATCH_MOTTLE[1] * fine)``; unchanged (same array) at 0."""
+    if shift == 0.0:
+        return colour
+    tint = 1.0 + shift * (np.asarray(BATCH_TINT) - 1.0)
+    mottle = 1.0 + shift * (BATCH_MOTTLE[0] * tex.low(u, v) + BATCH_MOTTLE[1] * tex.fine(u, v))
+    return colour * tint[None, :] * mottle[:, None]
+
+
 def _surface(
     scene: _Scene, tex: _Textures, x: FloatArray, y: FloatArray, pixel: float
 ) -> tuple[FloatArray, BoolArray]:
     """Albedo (N, 3) and defect mask (N,) at the surface points hit, given by their table coordinates (N,).
-    Object colour is blended with the table over about one pixel (``pixel`` m) at the outline."""
+    Object colour (after the line drift of ``scene.shift``, then the defect) is blended with the table over
+    about one pixel (``pixel`` m) at the outline."""
     albedo = tex.table_albedo(x, y)
     mask = np.zeros(x.shape, dtype=bool)
     u, v = scene.pose.to_object(x, y)
@@ -703,7 +728,7 @@ def _surface(
     near = np.flatnonzero(sdf < pixel)
     un, vn = u[near], v[near]
     weight = np.clip(0.5 - sdf[near] / pixel, 0.0, 1.0)
-    colour = scene.category.albedo(un, vn, tex)
+    colour = _drift(scene.category.albedo(un, vn, tex), un, vn, tex, scene.shift)
     if scene.defect is not None:
         weight = weight * scene.defect.presence(un, vn)
         colour = scene.defect.albedo(un, vn, colour)
@@ -758,9 +783,16 @@ def _render_scene(
 
 
 def _render(
-    cat: _Category, kind: str, split: str, index: int, size: tuple[int, int], seed: int, with_defect: bool
+    cat: _Category,
+    kind: str,
+    split: str,
+    index: int,
+    size: tuple[int, int],
+    seed: int,
+    with_defect: bool,
+    shift: float = 0.0,
 ) -> DemoSample:
-    """Render one sample from its own seed (arguments already validated)."""
+    """Render one sample from its own seed (arguments already validated); ``shift`` is the line drift."""
     entropy = [seed, cat.cat_id, SPLITS.index(split), SAMPLE_KINDS.index(kind), index]
     pose_rng, tex_rng, sensor_rng, defect_rng = (
         np.random.default_rng(s) for s in np.random.SeedSequence(entropy).spawn(_STREAM_COUNT)
@@ -772,10 +804,11 @@ def _render(
     tex = _Textures.draw(tex_rng, table_half)
     noise = _SensorDraws.draw(sensor_rng, size)
     if kind == GOOD or not with_defect:
-        return _render_scene(_Scene(cat, pose, None), camera, light, tex, noise, 0)
+        return _render_scene(_Scene(cat, pose, None, shift), camera, light, tex, noise, 0)
     for _ in range(DEFECT_TRIES):  # a defect hidden from every pixel centre is redrawn (tiny images only)
         defect = _draw_defect(kind, cat, defect_rng, camera.pixel)
-        sample = _render_scene(_Scene(cat, pose, defect), camera, light, tex, noise, GT_VALUES[kind])
+        scene = _Scene(cat, pose, defect, shift)
+        sample = _render_scene(scene, camera, light, tex, noise, GT_VALUES[kind])
         if sample.gt.any():
             break
     return sample
@@ -810,6 +843,15 @@ def _check_size(size: tuple[int, int]) -> tuple[int, int]:
     return _check_positive("size width", size[0], MIN_SIDE), _check_positive("size height", size[1], MIN_SIDE)
 
 
+def _check_shift(shift: object) -> float:
+    """The line drift ``shift`` as a float in [0, 1], else InputError naming the bad value."""
+    if isinstance(shift, bool) or not isinstance(shift, int | float | np.integer | np.floating):
+        raise InputError(f"shift must be a number in [0, 1], got {shift!r}")
+    if not 0.0 <= float(shift) <= 1.0:  # also refuses NaN
+        raise InputError(f"shift must be a number in [0, 1], got {shift!r}")
+    return float(shift)
+
+
 def _check_choice(what: str, value: str, choices: Sequence[str]) -> str:
     """``value`` if it is one of ``choices``, else InputError listing them."""
     if value not in choices:
@@ -829,12 +871,14 @@ def render_sample(
     size: tuple[int, int] = (400, 400),
     seed: int = 0,
     with_defect: bool = True,
+    shift: float = 0.0,
 ) -> DemoSample:
     """Render one sample in memory exactly as :func:`generate` writes it: the file
     ``<category>/<split>/<kind>/*/<index>`` generated with ``seed`` and ``size`` (width, height).
 
     ``with_defect=False`` renders the same sample (same pose, light, texture and sensor noise) without its
-    defect, with an all-zero gt. Raises InputError for unknown names or bad numbers.
+    defect, with an all-zero gt. ``shift`` is the line drift of :func:`generate`. Raises InputError for
+    unknown names or bad numbers.
     """
     cat = _check_categories([category])[0]
     _check_choice("split", split, SPLITS)
@@ -842,7 +886,7 @@ def render_sample(
     size = _check_size(size)
     index = _check_positive("index", index, 0)
     seed = _check_positive("seed", seed, 0)
-    return _render(cat, kind, split, index, size, seed, with_defect)
+    return _render(cat, kind, split, index, size, seed, with_defect, _check_shift(shift))
 
 
 def _plan(n_train: int, n_validation: int, n_test: int) -> list[tuple[str, str, int]]:
@@ -864,7 +908,13 @@ def _write_sample(folder: Path, index: int, sample: DemoSample, with_gt: bool) -
 
 
 def _fill_category(
-    root: Path, cat: _Category, plan: list[tuple[str, str, int]], size: tuple[int, int], seed: int, bar: tqdm
+    root: Path,
+    cat: _Category,
+    plan: list[tuple[str, str, int]],
+    size: tuple[int, int],
+    seed: int,
+    shift: float,
+    bar: tqdm,
 ) -> None:
     """Render and write every sample of ``cat`` into the (fresh) category folder ``root``."""
     for split, kind, count in plan:
@@ -875,7 +925,8 @@ def _fill_category(
         for sub in subdirs:
             (folder / sub).mkdir(parents=True)
         for index in range(count):
-            _write_sample(folder, index, _render(cat, kind, split, index, size, seed, True), split == "test")
+            sample = _render(cat, kind, split, index, size, seed, True, shift)
+            _write_sample(folder, index, sample, split == "test")
             bar.update(1)
 
 
@@ -895,13 +946,19 @@ def _swap_into_place(staged: Path, final: Path) -> None:
 
 
 def _write_category(
-    out: Path, cat: _Category, plan: list[tuple[str, str, int]], size: tuple[int, int], seed: int, bar: tqdm
+    out: Path,
+    cat: _Category,
+    plan: list[tuple[str, str, int]],
+    size: tuple[int, int],
+    seed: int,
+    shift: float,
+    bar: tqdm,
 ) -> Path:
     """Generate one category atomically: into a hidden sibling folder, then swapped into ``out/<name>``."""
     staged = out / f".{cat.name}.tmp-{secrets.token_hex(4)}"
     staged.mkdir()
     try:
-        _fill_category(staged, cat, plan, size, seed, bar)
+        _fill_category(staged, cat, plan, size, seed, shift, bar)
         _swap_into_place(staged, out / cat.name)
     except BaseException:
         shutil.rmtree(staged, ignore_errors=True)
@@ -918,6 +975,7 @@ def generate(
     size: tuple[int, int] = (400, 400),
     seed: int = 0,
     progress: bool = True,
+    shift: float = 0.0,
 ) -> list[Path]:
     """Write a synthetic MVTec 3D-AD style dataset under ``out`` and return the category folders written.
 
@@ -925,9 +983,15 @@ def generate(
     of each kind (good and every defect in :data:`DEFECT_KINDS`). ``size`` is (width, height) in pixels.
     Files: rgb/NNN.png (H, W, 3) uint8; xyz/NNN.tiff (H, W, 3) float32 metres in the camera frame with
     (0, 0, 0) for missing points; test gt/NNN.png (H, W) uint8, 0 = good, 253..255 on defect pixels.
-    Every file depends only on (seed, category, split, kind, index, size). Each category folder is written
-    next to its final place and swapped in whole, replacing an existing one. Raises InputError for an unknown
-    category or a non-positive count or size.
+    Every file depends only on (seed, category, split, kind, index, size, shift). Each category folder is
+    written next to its final place and swapped in whole, replacing an existing one.
+
+    ``shift`` in [0, 1] is a line drift scenario (a new batch of material): the object's albedo is tinted
+    per channel by ``1 + shift * (BATCH_TINT - 1)`` and its mottling raised (see :func:`_drift`), before
+    defects are applied. Geometry, table, light and noise do not change, so xyz and gt files are identical
+    for every shift and rgb differs only on the part; ``shift = 0`` (the default) is the undrifted data.
+
+    Raises InputError for an unknown category, a non-positive count or size, or a shift outside [0, 1].
     """
     cats = _check_categories(categories)
     plan = _plan(
@@ -937,8 +1001,9 @@ def generate(
     )
     size = _check_size(size)
     seed = _check_positive("seed", seed, 0)
+    shift = _check_shift(shift)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     total = len(cats) * sum(count for _, _, count in plan)
     with tqdm(total=total, disable=not progress, unit="sample", desc="demo data") as bar:
-        return [_write_category(out, cat, plan, size, seed, bar) for cat in cats]
+        return [_write_category(out, cat, plan, size, seed, shift, bar) for cat in cats]

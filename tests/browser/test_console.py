@@ -76,6 +76,9 @@ def test_overview_lists_the_categories(tab: Tab, url: str) -> None:
     assert cells[4] == f"{info['threshold']:.3f}" and cells[5] == f"{info['pixel_threshold']:.3f}"
     assert cells[6] == f"{info['evaluation']['image_auroc']:.3f}"
     assert cells[10].isdigit() and cells[11].isdigit()  # last hour's counts, from GET /recent
+    drift = httpx.get(f"{url}/categories/{CATEGORY}/drift").json()  # the drift column, from GET .../drift
+    expect = f"{drift['n_recent']} OK, too few" if drift["ks"] is None else f"KS {drift['ks']:.2f}"
+    row.locator("td.drift", has_text=expect).wait_for()
     shoot(page, "overview")
     with page.context.expect_page() as opened:  # the bank's report, from the evaluation it recorded
         row.locator(".report").click()

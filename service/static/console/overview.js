@@ -62,11 +62,13 @@ function render(answer) {
         el("td", { class: "wrap", text: falseRejects(c), title: c.calibration?.false_rejects?.method || "" }),
         el("td", { class: "num ok-count", text: "–" }),
         el("td", { class: "num ng-count", text: "–" }),
+        el("td", { class: "wrap drift", text: "–" }),
         el("td", {}, c.evaluation ? reportButton(c.name) : "–"),
       );
     }),
   );
   root.querySelector("#categories-empty").hidden = answer.categories.length > 0;
+  for (const c of answer.categories) drift(c.name);
   const errors = Object.entries(answer.errors || {});
   const box = root.querySelector("#load-errors");
   box.hidden = errors.length === 0;
@@ -83,6 +85,28 @@ function counts() {
     const c = categories[row.dataset.category];
     row.querySelector(".ok-count").textContent = c ? c.ok_last_hour : "–";
     row.querySelector(".ng-count").textContent = c ? c.ng_last_hour : "–";
+  }
+}
+
+// Is the line drifting? GET /categories/C/drift: this replica's recent OK scores against the calibration goods',
+// and the reviewed NG parts' false-alarm rate.
+async function drift(name) {
+  const cell = root.querySelector(`#categories tr[data-category="${CSS.escape(name)}"] .drift`);
+  try {
+    const d = await getJson(`categories/${encodeURIComponent(name)}/drift`);
+    const scores =
+      d.ks === null
+        ? `${d.n_recent} OK, too few`
+        : `KS ${fmt(d.ks, 2)}, ${d.shift >= 0 ? "+" : ""}${d.shift.toFixed(1)} IQR`;
+    const reviewed = d.reviewed_ng ? `; FA ${d.false_alarms}/${d.reviewed_ng}` : "";
+    cell.textContent = scores + reviewed;
+    cell.title =
+      `${d.n_recent} recent OK parts against ${d.n_calibration} calibration goods` +
+      (d.ks === null ? " (10 recent OK parts needed)" : `: KS p = ${d.p_value.toPrecision(2)}`) +
+      (d.reviewed_ng ? `; ${d.false_alarms} of ${d.reviewed_ng} reviewed NG parts were false alarms` : "");
+    cell.classList.toggle("bad", d.p_value !== null && d.p_value < 0.01 && d.shift > 0);
+  } catch (err) {
+    cell.textContent = `– (${err.message})`;
   }
 }
 

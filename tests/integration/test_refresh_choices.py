@@ -1,0 +1,49 @@
+"""refresh-bank's choices: which old vectors a bounded bank forgets, how candidates are split."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from patchbank.recall import RecallStats
+from patchbank_builder.refresh import choose, split_holdout
+
+DAY = 86400.0
+
+
+def _cluster(rng: np.random.Generator, centre: float, n: int) -> np.ndarray:
+    return (centre + rng.normal(size=(n, 8))).astype(np.float32)
+
+
+def test_a_long_run_of_the_new_setting_forgets_the_old_setting_and_keeps_the_size() -> None:
+    """A bank of 30 old-setting vectors nothing recalled for 100 half-lives and 30 new-setting vectors good
+    parts keep recalling, refreshed with 30 new patches at its bound of 60: the old-setting vectors go."""
+    rng = np.random.default_rng(0)
+    old_setting, new_setting, patches = (
+        _cluster(rng, 0.0, 30),
+        _cluster(rng, 20.0, 30),
+        _cluster(rng, 20.0, 30),
+    )
+    bank = np.concatenate([old_setting, new_setting])
+    now, built = 200 * DAY, 0.0
+    stats = RecallStats.empty([len(bank)])
+    stats.record([np.arange(30, 60)], at=now - DAY)  # the new setting's vectors, recalled yesterday
+    retention = stats.retention(now, half_life_s=2 * DAY, built_at=built)[0]
+    kept = choose(bank, patches, retention, size=60, device="cpu", progress=False)
+    assert len(kept) == 60 == len(set(kept.tolist()))
+    dropped = sorted(set(range(90)) - set(kept.tolist()))
+    assert dropped == list(range(30))  # exactly the old setting's vectors
+
+    # the same bank whose old-setting vectors are still recalled keeps covering them (parts still made):
+    # the coreset then spreads its 60 vectors over both settings
+    stats.record([np.arange(0, 30)], at=now - DAY)
+    retention = stats.retention(now, half_life_s=2 * DAY, built_at=built)[0]
+    kept = choose(bank, patches, retention, size=60, device="cpu", progress=False)
+    assert len(set(range(30)) & set(kept.tolist())) >= 15
+
+
+def test_candidates_split_by_their_ids_hash_whatever_their_order() -> None:
+    ids = [f"abcdef01-{i}" for i in range(10)]
+    fit, held = split_holdout(ids, 0.3)
+    assert len(held) == 3 and sorted(fit + held) == sorted(ids)
+    assert split_holdout(list(reversed(ids)), 0.3) == (fit, held)
+    assert split_holdout(ids[:2], 0.3)[1] and split_holdout(ids[:2], 0.3)[0]  # one of each at least
