@@ -5,7 +5,8 @@ its size bounded, what nothing recalls any more forgotten first.
    good: ``confirmed`` on an OK decision, ``false_alarm`` on an NG one; records already used by the active
    version's refresh are skipped. Each is scored against the active bank: one that scores above its
    threshold (far from the bank: a real drift, or a defect confirmed as good by mistake) is used only when
-   ``confirmations`` different people confirmed it; the others are held back and listed.
+   ``confirmations`` different people confirmed it; the others are held back and listed, as is a part any
+   reviewer called defective on the same decision.
 2. The accepted candidates are split (by their id's hash, never by order): a fit part whose patches join the
    bank, a held-out part that, with the dataset's ``validation/good`` when there is one, sets the new
    thresholds; no candidate is scored against itself.
@@ -25,6 +26,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -50,6 +52,8 @@ from patchbank_builder.evaluate import evaluate_scored
 log = logging.getLogger(__name__)
 
 GOOD_VERDICTS = {("confirmed", "OK"), ("false_alarm", "NG")}  # (verdict, decision): the part is good
+AUTO_ACCEPT = "auto-accept"  # the service's reviewer name for parts it kept without review
+AUTO_NOTE = re.compile(r"below the ([0-9.]+) quantile")
 DAY_S = 86400.0
 GROWTH = 2  # the default bound of a living bank: this many times its built size
 
@@ -64,6 +68,8 @@ class Candidate:
     xyz_unit: str | None
     intrinsics: dict[str, Any] | None
     confirmed_by: set[str] = field(default_factory=set)
+    disputed_by: set[str] = field(default_factory=set)  # reviewers who said the part is defective
+    auto_accept_below: float | None = None  # kept by the service's auto-accept at this quantile
     score: float | None = None  # against the active bank
 
     def sample(self) -> Sample:
@@ -82,9 +88,11 @@ class Candidate:
 
 
 def read_candidates(feedback_dir: Path, category: str) -> list[Candidate]:
-    """The category's review records that say a part is good and kept its files, one per decision."""
+    """The category's review records that say a part is good and kept its files, one per decision, with who
+    confirmed it and who, on the same decision, said it is defective."""
     folder = feedback_dir / category
     found: dict[str, Candidate] = {}
+    disputes: dict[str, set[str]] = {}
     for record_file in sorted(folder.glob("*/record.json")) if folder.is_dir() else []:
         try:
             record = json.loads(record_file.read_text())
@@ -94,14 +102,22 @@ def read_candidates(feedback_dir: Path, category: str) -> list[Candidate]:
         except (OSError, ValueError, KeyError, TypeError) as exc:
             log.warning("skipping unreadable review record %s: %s", record_file, exc)
             continue
-        if verdict not in GOOD_VERDICTS or not {"rgb", "xyz"} <= set(files):
+        ident, who = decision["id"], str(record.get("who", ""))
+        if verdict not in GOOD_VERDICTS:
+            disputes.setdefault(ident, set()).add(who)
             continue
-        ident = decision["id"]
+        if not {"rgb", "xyz"} <= set(files):
+            continue
         cand = found.setdefault(
             ident,
             Candidate(ident, record_file.parent, files, record.get("xyz_unit"), record.get("intrinsics")),
         )
-        cand.confirmed_by.add(str(record.get("who", "")))
+        cand.confirmed_by.add(who)
+        if who == AUTO_ACCEPT and (quantile := AUTO_NOTE.search(str(record.get("note") or ""))):
+            cand.auto_accept_below = float(quantile.group(1))
+    for ident, who in disputes.items():
+        if ident in found:
+            found[ident].disputed_by |= who
     return list(found.values())
 
 
@@ -241,6 +257,9 @@ def refresh_bank(req: RefreshRequest) -> RefreshReport:
     prepared: dict[str, Prepared] = {}
     held_back: dict[str, str] = {}
     for c in candidates:
+        if c.disputed_by:
+            held_back[c.decision_id] = f"said to be defective by {', '.join(sorted(c.disputed_by))}"
+            continue
         try:
             prepared[c.decision_id] = c.sample().prepare(scorer.image_size)
         except (OSError, InputError) as exc:
@@ -325,6 +344,12 @@ def refresh_bank(req: RefreshRequest) -> RefreshReport:
         bound=bounds,
         confirmations=req.confirmations,
         recalled=[int((c > 0).sum()) for c in stats.counts],
+        auto_accepted=sorted(
+            c.decision_id for c in candidates if c.auto_accept_below is not None and c.decision_id in accepted
+        ),
+        auto_accept_below=sorted(
+            {c.auto_accept_below for c in candidates if c.auto_accept_below is not None}
+        ),
         at=bankfmt.now_utc(),
     )
     manifest = m.model_copy(

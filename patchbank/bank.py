@@ -226,6 +226,12 @@ class RefreshRecord(BaseModel):
     bound: list[int] = Field(description="the most vectors per member this bank's refreshes keep")
     confirmations: int = Field(description="reviewers a candidate scoring above the threshold needed")
     recalled: list[int] = Field(description="per member, the parent's vectors recalled at least once")
+    auto_accepted: list[str] = Field(
+        default_factory=list, description="candidates the service kept without review (auto-accept)"
+    )
+    auto_accept_below: list[float] = Field(
+        default_factory=list, description="the auto-accept quantiles those were kept at"
+    )
     at: str = Field(description="UTC, ISO 8601")
 
 

@@ -61,7 +61,9 @@ CategoryQuery = Annotated[str | None, Query(pattern=CATEGORY_PATTERN, descriptio
 LimitQuery = Annotated[int, Query(ge=1, le=1000, description="at most this many")]
 
 
-AUTO_ACCEPT = "auto-accept"  # the reviewer name of parts kept by PATCHBANK_AUTO_ACCEPT_BELOW
+AUTO_ACCEPT = (
+    "auto-accept"  # the reviewer name of parts kept by PATCHBANK_AUTO_ACCEPT_BELOW (refresh-bank reads it)
+)
 AUTO_ACCEPT_QUEUE = 8
 
 

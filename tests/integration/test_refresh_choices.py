@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
 from patchbank.recall import RecallStats
@@ -47,3 +49,36 @@ def test_candidates_split_by_their_ids_hash_whatever_their_order() -> None:
     assert len(held) == 3 and sorted(fit + held) == sorted(ids)
     assert split_holdout(list(reversed(ids)), 0.3) == (fit, held)
     assert split_holdout(ids[:2], 0.3)[1] and split_holdout(ids[:2], 0.3)[0]  # one of each at least
+
+
+def test_review_records_become_candidates_with_their_confirmers_and_disputes(tmp_path: Path) -> None:
+    import json
+
+    from patchbank_builder.refresh import read_candidates
+
+    def record(
+        folder: str, ident: str, decision: str, verdict: str, who: str, note: str | None = None
+    ) -> None:
+        path = tmp_path / "puck" / folder
+        path.mkdir(parents=True)
+        body = {
+            "decision": {"id": ident, "decision": decision},
+            "verdict": verdict,
+            "who": who,
+            "note": note,
+            "files": {"rgb": "rgb.png", "xyz": "xyz.tiff"},
+        }
+        (path / "record.json").write_text(json.dumps(body))
+
+    record("1-a", "aaaaaaaa-1", "OK", "confirmed", "op")
+    record("2-a", "aaaaaaaa-1", "OK", "missed_defect", "qa")  # the same part, said to be defective
+    record("3-b", "aaaaaaaa-2", "NG", "false_alarm", "op")
+    record("4-b", "aaaaaaaa-2", "NG", "false_alarm", "lead")
+    record(
+        "5-c", "aaaaaaaa-3", "OK", "confirmed", "auto-accept", "scored below the 0.5 quantile of the goods"
+    )
+    record("6-d", "aaaaaaaa-4", "NG", "confirmed", "op")  # a defect confirmed: not a candidate
+    found = {c.decision_id: c for c in read_candidates(tmp_path, "puck")}
+    assert sorted(found) == ["aaaaaaaa-1", "aaaaaaaa-2", "aaaaaaaa-3"]
+    assert found["aaaaaaaa-1"].disputed_by == {"qa"} and found["aaaaaaaa-2"].confirmed_by == {"op", "lead"}
+    assert found["aaaaaaaa-3"].auto_accept_below == 0.5 and not found["aaaaaaaa-2"].disputed_by
