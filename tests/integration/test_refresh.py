@@ -102,3 +102,46 @@ def joined(where: Path, version: str, part: dict[str, tuple[str, bytes]], patche
         bank = {v.tobytes() for v in np.ascontiguousarray(index.vectors, dtype=np.float32)}
         count += sum(p.astype(np.float32).tobytes() in bank for p in f[0][patches])
     return count
+
+
+def test_auto_accept_keeps_ok_parts_well_below_the_goods_and_is_off_by_default(
+    banks: Path,  # noqa: F811
+    demo_root: Path,
+    tmp_path: Path,
+) -> None:
+
+    from patchbank_builder.refresh import read_candidates
+    from tests.integration.test_replicas import wait_for
+
+    m = load_scorer(banks, CATEGORY).bank.manifest
+    below = float(np.quantile(m.score_stats.image_scores, 0.5))
+    parts = uploads(demo_root) + [
+        {"rgb": ("rgb.png", r.rgb.read_bytes()), "xyz": ("xyz.tiff", r.xyz.read_bytes())}
+        for r in list_samples(demo_root, CATEGORY, "train")
+    ]
+    for name, quantile in (("off", None), ("on", 0.5)):
+        folder = tmp_path / name
+        settings = ServiceSettings(banks=banks, device="cpu", feedback_dir=folder, auto_accept_below=quantile)
+        with live_server(create_app(settings)) as url:
+            answers = [
+                httpx.post(
+                    f"{url}/score", data={"category": CATEGORY, "map": "none"}, files=p, timeout=60
+                ).json()
+                for p in parts
+            ]
+            decisions = httpx.get(f"{url}/recent", params={"category": CATEGORY, "limit": 100}).json()[
+                "decisions"
+            ]
+            kept = {d["id"] for d in decisions if d["decision"] == "OK" and d["image_score"] < below}
+            if quantile is None:
+                assert not folder.exists()  # off by default: nothing is kept without a review
+                continue
+            assert kept and len(kept) < len(
+                answers
+            )  # not the NG parts (nor OK ones at or above the quantile)
+            want = len(kept)
+            wait_for(lambda f=folder, n=want: len(read_candidates(f, CATEGORY)) == n)
+        found = read_candidates(folder, CATEGORY)
+        assert {c.decision_id for c in found} == kept and all(
+            c.confirmed_by == {"auto-accept"} for c in found
+        )
