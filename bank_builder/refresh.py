@@ -45,7 +45,7 @@ from patchbank.index import PatchIndex
 from patchbank.predict import Sample
 from patchbank.preprocess import Prepared
 from patchbank.recall import RecallStats, merged_files, read_redis
-from patchbank.scorer import BankScorer, fuse, load_scorer
+from patchbank.scorer import BankScorer, fuse, load_scorer, part_finder
 from patchbank_builder.calibrate import calibrate_target_frr, default_thresholds, held_out_scores, score_stats
 from patchbank_builder.evaluate import evaluate_scored
 
@@ -265,17 +265,24 @@ def refresh_bank(req: RefreshRequest) -> RefreshReport:
         except (OSError, InputError) as exc:
             held_back[c.decision_id] = f"its files cannot be read: {exc}"
     ids = list(prepared)
-    scores = np.concatenate(
-        [
-            scorer.score([prepared[i] for i in ids[s : s + req.batch_size]]).image
-            for s in range(0, len(ids), req.batch_size)
-        ]
-        or [np.zeros(0)]
-    )
+    # each candidate's features (per member) and patches on the part, extracted once: scored here, then
+    # added to the bank or used for the thresholds
+    feats: dict[str, list[np.ndarray]] = {}
+    parts: dict[str, np.ndarray | None] = {}
+    scores: dict[str, float] = {}
+    for s in range(0, len(ids), req.batch_size):
+        batch = ids[s : s + req.batch_size]
+        f, keep = scorer.features_and_parts([prepared[i] for i in batch])
+        for j, (ident, score) in enumerate(zip(batch, scorer.score_features(f, keep).image, strict=True)):
+            feats[ident], parts[ident], scores[ident] = (
+                [x[j] for x in f],
+                None if keep is None else keep[j],
+                score,
+            )
     for c in candidates:
         if c.decision_id not in prepared:
             continue
-        c.score = float(scores[ids.index(c.decision_id)])
+        c.score = float(scores[c.decision_id])
         if m.thresholds.decide(c.score) and len(c.confirmed_by) < req.confirmations:
             held_back[c.decision_id] = (
                 f"scores {c.score:.4g} above the threshold {m.thresholds.image:.4g}, confirmed by "
@@ -289,7 +296,7 @@ def refresh_bank(req: RefreshRequest) -> RefreshReport:
         )
     fit_ids, out_ids = split_holdout(accepted, req.holdout)
 
-    new_feats, _ = scorer.features_and_parts([prepared[i] for i in fit_ids])
+    new_feats, _ = stacked(feats, parts, fit_ids)
     stats = recall_of(req, scorer)
     retention = stats.retention(now, req.half_life_days * DAY_S, epoch(m.created_at))
     indices, members, changes, bounds = [], [], [], []
@@ -306,14 +313,14 @@ def refresh_bank(req: RefreshRequest) -> RefreshReport:
         members.append(member.model_copy(update={"coreset": coreset}))
 
     # thresholds (and the fusion) from held-out goods: the held-out candidates and validation/good
-    val_feats, val_keep = scorer.features_and_parts([prepared[i] for i in out_ids])
+    val_feats, val_keep = stacked(feats, parts, out_ids)
     source = f"{len(out_ids)} held-out confirmed-good parts"
     if req.data_root is not None and has_split(req.data_root, req.category, "validation"):
         refs = list_samples(req.data_root, req.category, "validation", kinds=["good"])
-        feats, keep = extract_all(
-            scorer.extractors, refs, req.batch_size, req.progress, scorer_part_finder(scorer)
+        more, keep = extract_all(
+            scorer.extractors, refs, req.batch_size, req.progress, part_finder(scorer.scoring)
         )
-        val_feats = [np.concatenate([a, b]) for a, b in zip(val_feats, feats, strict=True)]  # type: ignore[assignment]
+        val_feats = [np.concatenate([a, b]) for a, b in zip(val_feats, more, strict=True)]
         val_keep = None if keep is None or val_keep is None else np.concatenate([val_keep, keep])
         source += f" and {len(refs)} validation goods"
     held = held_out_scores(indices, val_feats, scorer.scoring, val_keep)
@@ -417,10 +424,14 @@ def refresh_bank(req: RefreshRequest) -> RefreshReport:
     )
 
 
-def scorer_part_finder(scorer: BankScorer) -> Any:
-    from patchbank.scorer import part_finder
-
-    return part_finder(scorer.scoring)
+def stacked(
+    feats: dict[str, list[np.ndarray]], parts: dict[str, np.ndarray | None], ids: Sequence[str]
+) -> tuple[list[np.ndarray], np.ndarray | None]:
+    """The candidates ``ids``' features as each member's (N, 784, D) and their (N, 784) patches on the part
+    (None when the bank scores every patch)."""
+    members = [np.stack([feats[i][k] for i in ids]) for k in range(len(feats[ids[0]]))]
+    keep = None if parts[ids[0]] is None else np.stack([parts[i] for i in ids])  # type: ignore[misc]
+    return members, keep
 
 
 def figures(record: bankfmt.EvaluationRecord) -> dict[str, float]:
