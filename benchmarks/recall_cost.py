@@ -21,14 +21,11 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
-
-BLOCK = 5  # requests per block; blocks alternate between the two paths
-
 
 def main(argv: Sequence[str] | None = None) -> int:
     from patchbank.data import list_samples
     from patchbank.predict import Sample, predict
+    from patchbank_benchmarks.recent_cost import alternate, report
     from patchbank_builder.build import BuildRequest, build_bank
     from patchbank_client import PatchbankClient
     from patchbank_service.app import create_app
@@ -52,20 +49,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         state = app.state.patchbank
         refs = list_samples(data, "puck", "validation")
         recording = state.recall.record
-        latencies: dict[str, list[float]] = {"recording on": [], "recording off": []}
+
+        def switch(on: bool) -> None:
+            state.recall.record = recording if on else _nothing  # type: ignore[method-assign]
+
         with live_server(app) as url, PatchbankClient(url, timeout=120) as client:
-            client.score("puck", refs[0].rgb, refs[0].xyz, map="png")  # warm-up
-            i = 0
-            while min(len(v) for v in latencies.values()) < args.requests:
-                for name in latencies:
-                    state.recall.record = recording if name == "recording on" else _nothing  # type: ignore[method-assign]
-                    for _ in range(BLOCK):
-                        ref = refs[i % len(refs)]
-                        i += 1
-                        start = time.perf_counter()
-                        client.score("puck", ref.rgb, ref.xyz, map="png")
-                        latencies[name].append((time.perf_counter() - start) * 1000)
-            state.recall.record = recording  # type: ignore[method-assign]
+            latencies = alternate(client, refs, args.requests, switch)
             scorer = state.loaded.get("puck")
             (pred,) = predict(scorer, [Sample.from_ref(refs[0])], full_maps=False)
             n = 2000
@@ -73,15 +62,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             for _ in range(n):
                 recording(scorer, pred.nearest)
             one_ms = (time.perf_counter() - start) * 1000 / n
-    on, off = (np.asarray(latencies[k]) for k in ("recording on", "recording off"))
-    print(f"/score latency, {args.method} bank, {args.size} x {args.size} px, {len(on)} good parts per path")
-    print(f"{'path':<16} {'p50 ms':>8} {'p95 ms':>8}")
-    for name, v in latencies.items():
-        print(f"{name:<16} {np.percentile(v, 50):8.1f} {np.percentile(v, 95):8.1f}")
-    print(f"p50 ratio on / off: {np.percentile(on, 50) / np.percentile(off, 50):.3f}")
-    print(
-        f"one recording in process: {one_ms * 1000:.1f} us ({one_ms / np.percentile(off, 50) * 100:.3f}% of the p50)"
+    p50 = report(
+        latencies, f"{args.method} bank, {args.size} x {args.size} px, {args.requests} good parts per path"
     )
+    print(f"one recording in process: {one_ms * 1000:.1f} us ({one_ms / p50 * 100:.3f}% of the p50)")
     return 0
 
 

@@ -17,10 +17,15 @@ import logging
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from patchbank.data import SampleRef
+    from patchbank_client import PatchbankClient
 
 BLOCK = 5  # requests per block; blocks alternate between the two paths
 
@@ -50,26 +55,46 @@ def main(argv: Sequence[str] | None = None) -> int:
         app = create_app(ServiceSettings(banks=banks, device="cpu", log_json=False))
         review = app.state.patchbank.review
         recording = review.record
-        latencies: dict[str, list[float]] = {"recording on": [], "recording off": []}
+
+        def switch(on: bool) -> None:
+            review.record = recording if on else _nothing  # type: ignore[method-assign]
+
         with live_server(app) as url, PatchbankClient(url, timeout=120) as client:
-            client.score("puck", refs[0].rgb, refs[0].xyz, map="png")  # warm-up
-            i = 0
-            while min(len(v) for v in latencies.values()) < args.requests:
-                for name in latencies:
-                    review.record = recording if name == "recording on" else _nothing  # type: ignore[method-assign]
-                    for _ in range(BLOCK):
-                        ref = refs[i % len(refs)]
-                        i += 1
-                        start = time.perf_counter()
-                        client.score("puck", ref.rgb, ref.xyz, map="png")
-                        latencies[name].append((time.perf_counter() - start) * 1000)
+            latencies = alternate(client, refs, args.requests, switch)
+    report(latencies, f"{args.method} bank, {args.size} x {args.size} px, {args.requests} requests per path")
+    return 0
+
+
+def alternate(
+    client: PatchbankClient, refs: Sequence[SampleRef], requests: int, switch: Callable[[bool], None]
+) -> dict[str, list[float]]:
+    """``requests`` /score latencies (ms) with recording on and off, in alternating blocks of :data:`BLOCK`
+    (``switch(on)`` turns it on or off), after one warm-up request; recording is left on."""
+    latencies: dict[str, list[float]] = {"recording on": [], "recording off": []}
+    client.score("puck", refs[0].rgb, refs[0].xyz, map="png")  # warm-up
+    i = 0
+    while min(len(v) for v in latencies.values()) < requests:
+        for name in latencies:
+            switch(name == "recording on")
+            for _ in range(BLOCK):
+                ref = refs[i % len(refs)]
+                i += 1
+                start = time.perf_counter()
+                client.score("puck", ref.rgb, ref.xyz, map="png")
+                latencies[name].append((time.perf_counter() - start) * 1000)
+    switch(True)
+    return latencies
+
+
+def report(latencies: dict[str, list[float]], what: str) -> float:
+    """Print p50 / p95 of each path and the ratio of the p50s; returns the off path's p50 (ms)."""
     on, off = (np.asarray(latencies[k]) for k in ("recording on", "recording off"))
-    print(f"/score latency, {args.method} bank, {args.size} x {args.size} px, {len(on)} requests per path")
+    print(f"/score latency, {what}")
     print(f"{'path':<16} {'p50 ms':>8} {'p95 ms':>8}")
     for name, v in latencies.items():
         print(f"{name:<16} {np.percentile(v, 50):8.1f} {np.percentile(v, 95):8.1f}")
     print(f"p50 ratio on / off: {np.percentile(on, 50) / np.percentile(off, 50):.3f}")
-    return 0
+    return float(np.percentile(off, 50))
 
 
 def _nothing(*args: object, **kwargs: object) -> None:
