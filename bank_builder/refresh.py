@@ -12,13 +12,13 @@ its size bounded, what nothing recalls any more forgotten first.
    thresholds; no candidate is scored against itself.
 3. Per member, a weighted greedy k-center over the old vectors and the new patches chooses at most the
    bank's bound of vectors (``size``; default twice the built version's size, kept by every refresh after
-   it: room for a second appearance of the part before anything must go): a new patch weighs 1, an old vector its retention from the recall statistics
-   (:mod:`patchbank.recall`: strength 1 + recalls, age since the last recall, R = exp(-age / (S * tau)),
-   tau = half-life / ln 2), so old vectors that good parts keep matching stay, and those nothing matched for
-   long fade first.
-4. The new version is evaluated on the labelled test split and published through the publish guard (refused
-   when worse than the active version beyond the tolerance: it then stays on disk, unpublished). Refused or
-   not, the report says what changed. Rollback: ``patchbank publish --category C --version <old>``.
+   it: room for a second appearance of the part before anything must go): a new patch weighs 1, an old
+   vector its retention from the recall statistics (:mod:`patchbank.recall`: strength 1 + recalls, age
+   since the last recall, R = exp(-age / (S * tau)), tau = half-life / ln 2), so old vectors that good
+   parts keep matching stay, and those nothing matched for long fade first.
+4. Both versions are evaluated on the same labelled test split(s) and the new one is published only when it
+   is no worse beyond the tolerance (otherwise it stays on disk, unpublished). Refused or not, the report
+   says what changed. Rollback: ``patchbank publish --category C --version <old>``.
 """
 
 from __future__ import annotations
@@ -167,8 +167,8 @@ class RefreshReport:
     used: list[str]
     held_out: list[str]
     held_back: dict[str, str]  # decision id -> why
-    before: dict[str, dict[str, float]] = field(default_factory=dict)  # test root -> figures
-    after: dict[str, dict[str, float]] = field(default_factory=dict)
+    before: dict[str, bankfmt.EvaluationRecord] = field(default_factory=dict)  # test root -> the parent's
+    after: dict[str, bankfmt.EvaluationRecord] = field(default_factory=dict)  # -> the new version's
     thresholds: tuple[float, float] = (0.0, 0.0)  # image before, after
 
     def lines(self) -> list[str]:
@@ -186,9 +186,9 @@ class RefreshReport:
         out.append(f"  image threshold {self.thresholds[0]:.4g} -> {self.thresholds[1]:.4g}")
         for root, before in self.before.items():
             out.append(f"  test split of {root}: {self.parent} -> {self.version}")
-            after = self.after.get(root, {})
+            after = self.after[root]
             for key in ("image_auroc", "pixel_auroc", "au_pro", "false_reject_rate", "miss_rate"):
-                b, a = before.get(key), after.get(key)
+                b, a = getattr(before, key), getattr(after, key)
                 out.append(
                     f"    {key}: {'-' if b is None else f'{b:.4f}'} -> {'-' if a is None else f'{a:.4f}'}"
                 )
@@ -376,8 +376,8 @@ def refresh_bank(req: RefreshRequest) -> RefreshReport:
         manifest = calibrate_target_frr(manifest, m.calibration.target_frr)
 
     # the guard: both versions on the same labelled test splits, the new one no worse beyond the tolerance
-    before: dict[str, dict[str, float]] = {}
-    after: dict[str, dict[str, float]] = {}
+    before: dict[str, bankfmt.EvaluationRecord] = {}
+    after: dict[str, bankfmt.EvaluationRecord] = {}
     worse: list[str] = []
     new_scorer = BankScorer(bankfmt.Bank(manifest, indices, Path()), scorer.extractors)
     roots = ([req.data_root] if req.data_root is not None else []) + list(req.test_roots)
@@ -389,8 +389,8 @@ def refresh_bank(req: RefreshRequest) -> RefreshReport:
         old_eval, _ = evaluate_scored(scorer, test, req.progress)
         if manifest.evaluation is None:  # the version records the first split's figures
             manifest.evaluation = new_eval.record()
-        before[str(root)], after[str(root)] = figures(old_eval.record()), figures(new_eval.record())
-        worse += [f"{w} on {root}" for w in new_eval.record().worse_than(old_eval.record(), req.tolerance)]
+        before[str(root)], after[str(root)] = old_eval.record(), new_eval.record()
+        worse += [f"{w} on {root}" for w in after[str(root)].worse_than(before[str(root)], req.tolerance)]
 
     def write_indices(directory: Path) -> None:
         for index, member in zip(indices, manifest.members, strict=True):
@@ -432,8 +432,3 @@ def stacked(
     members = [np.stack([feats[i][k] for i in ids]) for k in range(len(feats[ids[0]]))]
     keep = None if parts[ids[0]] is None else np.stack([parts[i] for i in ids])  # type: ignore[misc]
     return members, keep
-
-
-def figures(record: bankfmt.EvaluationRecord) -> dict[str, float]:
-    keys = ("image_auroc", "pixel_auroc", "au_pro", "false_reject_rate", "miss_rate")
-    return {k: float(getattr(record, k)) for k in keys if getattr(record, k, None) is not None}

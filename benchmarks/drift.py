@@ -19,10 +19,9 @@ from pathlib import Path
 
 import httpx
 
+from patchbank.bank import EvaluationRecord
 from patchbank.data import list_samples
-from patchbank.scorer import load_scorer
 from patchbank_builder.build import BuildRequest, build_bank
-from patchbank_builder.evaluate import Evaluation, evaluate_scored
 from patchbank_builder.refresh import RefreshReport, RefreshRequest, refresh_bank
 from patchbank_service.app import create_app
 from patchbank_service.live import live_server
@@ -53,8 +52,8 @@ class DriftResult:
     seeds: tuple[int, int]
     target: float
     scored_ng: int  # of the confirmed parts, the false alarms the line saw before the refresh
-    before: dict[str, Evaluation]  # "old" / "new" test split -> the frozen bank's evaluation
-    after: dict[str, Evaluation]  # -> the refreshed bank's
+    before: dict[str, EvaluationRecord]  # "old" / "new" test split -> the frozen bank's evaluation
+    after: dict[str, EvaluationRecord]  # -> the refreshed bank's (both as refresh-bank's guard measured them)
     report: RefreshReport
     seconds: float
 
@@ -67,11 +66,6 @@ class DriftResult:
 
 def _upload(ref: object) -> dict[str, tuple[str, bytes]]:
     return {"rgb": ("rgb.png", ref.rgb.read_bytes()), "xyz": ("xyz.tiff", ref.xyz.read_bytes())}  # type: ignore[attr-defined]
-
-
-def _evaluate(banks: Path, category: str, root: Path, version: str | None = None) -> Evaluation:
-    scorer = load_scorer(banks, category, version)
-    return evaluate_scored(scorer, list_samples(root, category, "test"), progress=False)[0]
 
 
 def run_pair(cfg: DriftConfig, seeds: tuple[int, int]) -> DriftResult:
@@ -101,7 +95,6 @@ def run_pair(cfg: DriftConfig, seeds: tuple[int, int]) -> DriftResult:
             progress=cfg.progress,
         )
     )
-    before = {name: _evaluate(banks, cfg.category, root) for name, root in roots.items()}
 
     line = list_samples(roots["new"], cfg.category, "train")[: cfg.confirmed]
     scored_ng = 0
@@ -129,7 +122,8 @@ def run_pair(cfg: DriftConfig, seeds: tuple[int, int]) -> DriftResult:
             progress=cfg.progress,
         )
     )
-    after = {name: _evaluate(banks, cfg.category, root, report.version) for name, root in roots.items()}
+    before = {name: report.before[str(root)] for name, root in roots.items()}
+    after = {name: report.after[str(root)] for name, root in roots.items()}
     return DriftResult(seeds, cfg.target_frr, scored_ng, before, after, report, time.perf_counter() - start)
 
 
