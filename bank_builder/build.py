@@ -140,12 +140,16 @@ def new_manifest(
     )
 
 
-def coreset_index(features: np.ndarray, req: BuildRequest) -> tuple[PatchIndex, bankfmt.CoresetInfo]:
-    """(N, 784, D) training features -> the coreset's index, and what the manifest says of the coreset."""
+def coreset_index(
+    features: np.ndarray, req: BuildRequest, ids: np.ndarray | None = None
+) -> tuple[PatchIndex, bankfmt.CoresetInfo]:
+    """(N, 784, D) training features -> the coreset's index, and what the manifest says of the coreset.
+    ``ids``: (N * 784,) int64 origin of each flattened row (default: its row number, sample * 784 + patch)."""
     flat = features.reshape(-1, features.shape[2])
     sampler = create_sampler(req.coreset, device=req.device, progress=req.progress)
     rows = sampler.run(flat)
-    index = PatchIndex(flat[rows], rows, req.index_kind or default_kind(flat.shape[1]), req.device)
+    origin = rows if ids is None else ids[rows]
+    index = PatchIndex(flat[rows], origin, req.index_kind or default_kind(flat.shape[1]), req.device)
     log.info(
         "coreset: %d of %d patches of %d-d (%s)", len(rows), len(flat), flat.shape[1], req.coreset.sampler
     )
@@ -158,6 +162,10 @@ def coreset_index(features: np.ndarray, req: BuildRequest) -> tuple[PatchIndex, 
 def build_bank(req: BuildRequest) -> BuildResult:
     bankfmt.check_category(req.category)
     method = parse_method(req.method)
+    if method.input == "points":  # a 3D-only bank of unorganized clouds (Real3D-AD layout)
+        from patchbank_builder.points import build_point_bank
+
+        return build_point_bank(req)
     scoring = method.scoring(req.scoring)
     timings: dict[str, float] = {}
     train = list_samples(req.data_root, req.category, "train", kinds=["good"], intrinsics=req.intrinsics)

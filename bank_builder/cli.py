@@ -18,11 +18,13 @@ from patchbank.errors import InputError
 from patchbank.features import EXTRACTORS
 from patchbank.fusion import FUSION_RULES
 from patchbank.methods import Method, parse_method
+from patchbank.points.features import POINT_EXTRACTORS
 from patchbank.registry import NoOptions
 from patchbank.rules import Scoring
 from patchbank.weights import WeightsRequest
 from patchbank_builder.options import (
     DEFAULT_TARGET_FRR,
+    AllCategories,
     BuildOptions,
     CalibrateOptions,
     CompareOptions,
@@ -49,6 +51,9 @@ def banks_dir(opts: Where | PublishOptions, s: Settings) -> Path:
 def add_part_flags(p: argparse.ArgumentParser) -> None:
     """``--NAME.OPTION`` for every registered extractor (and ``--NAME.weights`` where it loads weights), and
     ``--RULE.OPTION`` for every fusion rule that has options."""
+    for name in POINT_EXTRACTORS:
+        group = p.add_argument_group(f"{name} options", f"apply with --method {name} (3D-only banks)")
+        add_model_flags(group, POINT_EXTRACTORS.get(name).options_model, name)
     for name in EXTRACTORS:
         cls = EXTRACTORS.get(name)
         group = p.add_argument_group(f"{name} options", f"apply when the method has a {name} member")
@@ -81,7 +86,8 @@ def member_options(members: Sequence[str], args: argparse.Namespace) -> dict[str
     for m in members:
         opts = {k: v for k, v in collect(args, m).items() if k != "weights"}
         if opts:
-            parse_model(EXTRACTORS.get(m).options_model, args, m)
+            parts = POINT_EXTRACTORS if m in POINT_EXTRACTORS else EXTRACTORS
+            parse_model(parts.get(m).options_model, args, m)
             out[m] = opts
     return out
 
@@ -105,7 +111,7 @@ def check_part_flags(methods: Sequence[Method], args: argparse.Namespace) -> Non
     """Refuse ``--NAME.*`` flags of parts none of the methods has (they would silently do nothing)."""
     members = {m for method in methods for m in method.members}
     rules = {method.fusion for method in methods if method.fusion}
-    for part in [*EXTRACTORS, *FUSION_RULES]:
+    for part in [*EXTRACTORS, *POINT_EXTRACTORS, *FUSION_RULES]:
         flags = given(args, part)
         if flags and part not in members | rules:
             names = ", ".join(method.name for method in methods)
@@ -177,8 +183,9 @@ def _build(args: argparse.Namespace) -> int:
     sizes = ", ".join(
         f"{mb.name} {mb.coreset.size} of {mb.coreset.n_patches} x {mb.features.dim}-d" for mb in m.members
     )
+    score = "object" if m.input == "points" else "image"
     print(
-        f"built {m.category}/{m.version} ({m.method}): {sizes}; image threshold {m.thresholds.image:.4g} ({m.thresholds.rule})"
+        f"built {m.category}/{m.version} ({m.method}): {sizes}; {score} threshold {m.thresholds.image:.4g} ({m.thresholds.rule})"
     )
     print(f"bank: {Path(req.banks) / m.category / m.version}")
     print("timings: " + ", ".join(f"{k} {v:.1f} s" for k, v in result.timings_s.items()))
@@ -243,14 +250,28 @@ PUBLISH = Command(
 def _evaluate(args: argparse.Namespace) -> int:
     from patchbank.config import default_device
     from patchbank.data import list_samples
+    from patchbank.points.scorer import is_point_bank
     from patchbank.scorer import load_scorer
     from patchbank_builder.evaluate import evaluate_scored, table
 
     opts = parse_model(EvaluateOptions, args)
+    if opts.all:
+        return _survey(opts, args)
+    one_category(opts, args)
     s = Settings()
     root = data_root(opts, s)
     banks = banks_dir(opts, s)
     device = default_device(opts.device or s.device)
+    if is_point_bank(banks, opts.category, opts.version):  # 3D-only: object AUROC, point AUROC, point AU-PRO
+        from patchbank_builder.points import evaluate_point_version
+
+        if opts.report:
+            raise InputError("--report draws anomaly maps of images; a 3D-only bank has none")
+        ev = evaluate_point_version(banks, root, opts.category, opts.version, progress=not opts.quiet)
+        print(table(ev))
+        if opts.json_file:
+            opts.json_file.write_text(ev.model_dump_json(indent=2))
+        return 0
     scorer = load_scorer(
         banks, opts.category, opts.version, device, weights_override(opts.weights or s.weights)
     )
@@ -287,6 +308,12 @@ def _calibrate(args: argparse.Namespace) -> int:
     banks = banks_dir(opts, s)
     labelled, device, weights = None, "cpu", None
     if opts.rule == "f1":
+        from patchbank.points.scorer import is_point_bank
+
+        if is_point_bank(banks, opts.category, opts.version):
+            raise InputError(
+                "--rule f1 scores a labelled split's images: a 3D-only bank takes --rule target-frr"
+            )
         root = data_root(opts, s)
         labelled = list_samples(root, opts.category, opts.labelled)
         device = default_device(opts.device or s.device)
@@ -380,6 +407,9 @@ def _compare(args: argparse.Namespace) -> int:
     if not methods:
         raise InputError("--methods needs at least one method")
     check_part_flags(methods, args)
+    if opts.all:
+        return _survey(opts, args)
+    one_category(opts, args)
     results, costs = [], []
     for method in methods:
         result = build_bank(build_request(opts, method, args, calibrate=True, activate=False))
@@ -392,6 +422,65 @@ def _compare(args: argparse.Namespace) -> int:
     print(compare_table(results, costs))
     if opts.json_file:
         opts.json_file.write_text(json.dumps([r.model_dump(exclude={"scores"}) for r in results], indent=2))
+    return 0
+
+
+# -- evaluate --all, compare --all -------------------------------------------------------------------------
+
+
+def one_category(opts: AllCategories, args: argparse.Namespace) -> None:
+    """Without --all: a category, and none of the survey's flags."""
+    if opts.category is None:
+        raise InputError("--category is required (or --all: every category of the data root)")
+    if flags := [f"--{f}" for f in ("out", "fresh", "method") if getattr(args, f, None) is not None]:
+        raise InputError(f"{', '.join(flags)}: apply with --all")
+
+
+def _survey(opts: EvaluateOptions | CompareOptions, args: argparse.Namespace) -> int:
+    """``evaluate --all`` / ``compare --all``: the survey's tables over every category of the data root."""
+    from patchbank.config import default_device
+    from patchbank_builder.survey import SurveyRequest, run_survey
+    from patchbank_builder.survey_tables import render_text, write_survey
+
+    if opts.category is not None:
+        raise InputError("--category: --all surveys every category of the data root")
+    alone = ("version", "json_file", "report")
+    if flags := [f for f in alone if getattr(args, f, None) is not None]:
+        names = ", ".join("--json" if f == "json_file" else f"--{f}" for f in flags)
+        raise InputError(f"{names}: not with --all (the survey writes survey.md, .csv and .json)")
+    s = Settings()
+    banks = banks_dir(opts, s)
+    out = opts.out or banks / "survey"
+    if isinstance(opts, CompareOptions):
+        given = args.methods is not None  # else: compare's methods, point-fpfh on a point-cloud category
+
+        def recipe(method: str, category: str) -> BuildRequest:
+            where = opts.model_copy(update={"category": category})
+            return build_request(where, parse_method(method), args, calibrate=True, activate=False)
+
+        methods, build, weights = (opts.methods if given else None), recipe, None
+        build_weights = WeightsRequest()
+    else:
+        methods, build = ((opts.method,) if opts.method else None), None
+        weights = weights_override(opts.weights or s.weights)
+        build_weights = WeightsRequest.parse(opts.weights or s.weights)
+    survey = run_survey(
+        SurveyRequest(
+            data_root=data_root(opts, s),
+            banks=banks,
+            out=out,
+            methods=methods,
+            build=build,
+            fresh=opts.fresh,
+            device=default_device(opts.device or s.device),
+            weights=weights,
+            build_weights=build_weights,
+            progress=not opts.quiet,
+        )
+    )
+    write_survey(survey, out)
+    print(render_text(survey))
+    print(f"survey: {out / 'survey.md'} (also survey.csv, survey.json; cells in {out / 'cells'})")
     return 0
 
 

@@ -13,6 +13,7 @@ from patchbank.bank import Calibration, EvaluationRecord, Figures, SampleScore, 
 from patchbank.data import GOOD, SampleRef, read_mask
 from patchbank.errors import InputError
 from patchbank.metrics import au_pro, image_auroc, pixel_auroc
+from patchbank.points.features import POINT_EXTRACTORS
 from patchbank.predict import predict_refs
 from patchbank.preprocess import resize_mask
 from patchbank.report import Scored
@@ -133,7 +134,8 @@ def describe_calibration(cal: Calibration | None) -> str | None:
 
 def table(ev: Evaluation) -> str:
     """The figures as a fixed-width text table."""
-    rows = [("kind", "n", "I-AUROC", "P-AUROC", "AU-PRO")]
+    first = "O-AUROC" if ev.method in POINT_EXTRACTORS else "I-AUROC"  # a 3D-only bank's: object AUROC
+    rows = [("kind", "n", first, "P-AUROC", "AU-PRO")]
     rows += [
         (k, str(f.n), f"{f.image_auroc:.3f}", f"{f.pixel_auroc:.3f}", f"{f.au_pro:.3f}")
         for k, f in ev.per_defect.items()

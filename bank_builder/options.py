@@ -93,7 +93,23 @@ class BuildOptions(Where, Features, Publishing):
     )
 
 
-class CompareOptions(Where, Features):
+class AllCategories(Options):
+    """``--all``: the survey over every category of the data root (:mod:`patchbank_builder.survey`)."""
+
+    category: str | None = Field(None, description="category name, e.g. cable_gland (or --all)")
+    all: bool = Field(
+        False,
+        description="every category of the data root (its folders with a train folder): one table per "
+        "metric, a row per method, a column per category; resumes an interrupted run",
+    )
+    out: Path | None = Field(
+        None,
+        description="--all: the survey's folder (cells/, survey.md, .csv, .json); default <banks>/survey",
+    )
+    fresh: bool = Field(False, description="--all: recompute every cell, even those a previous run finished")
+
+
+class CompareOptions(AllCategories, Where, Features):
     methods: tuple[str, ...] = Field(
         ("rgb+fpfh", "rgb/fpfh", "rgb/fpfh@svm"), description="methods to build, calibrate and evaluate"
     )
@@ -102,7 +118,12 @@ class CompareOptions(Where, Features):
     )
 
 
-class EvaluateOptions(Where):
+class EvaluateOptions(AllCategories, Where):
+    method: str | None = Field(
+        None,
+        description="--all: the method surveyed (default: each category's active bank's); a category "
+        "without an active bank of it gets one built",
+    )
     version: str | None = Field(None, description="bank version (default: the active one)")
     weights: str | None = Field(None, description="the bank's weights file if it moved (sha256 must match)")
     json_file: Path | None = Field(

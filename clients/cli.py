@@ -155,9 +155,15 @@ def summary_line(result: ScoreResult, name: str, latency_ms: float | None = None
     verdict = "NG" if result.is_anomalous else "OK"
     ms = result.timings_ms.get("total", latency_ms)
     timing = f", {ms:.0f} ms" if ms is not None else ""
+    found = _plural(len(result.regions), "region")
+    if (p := result.points) is not None:  # a 3D-only bank
+        found = (
+            f"{p.above_threshold:,} of {p.count:,} points above {result.pixel_threshold:.2f}, "
+            f"peak point #{p.peak_index}"
+        )
     return (
         f"{result.category}/{result.bank_version} {name}: score {result.image_score:.2f} "
-        f"(threshold {result.threshold:.2f}) {verdict}, {_plural(len(result.regions), 'region')}{timing}"
+        f"(threshold {result.threshold:.2f}) {verdict}, {found}{timing}"
     )
 
 
@@ -205,15 +211,18 @@ def _run_single(args: argparse.Namespace) -> int:
     try:
         with _client(args) as client:
             t0 = time.perf_counter()
-            result = client.score(
-                args.category,
-                Path(args.rgb),
-                Path(args.xyz),
-                map=map_format,
-                sample_id=args.sample_id,
-                xyz_unit=args.xyz_unit,
-                intrinsics=intrinsics,
-            )
+            if args.rgb is None:  # a 3D-only bank: the cloud alone
+                result = client.score_points(args.category, Path(args.xyz), sample_id=args.sample_id)
+            else:
+                result = client.score(
+                    args.category,
+                    Path(args.rgb),
+                    Path(args.xyz),
+                    map=map_format,
+                    sample_id=args.sample_id,
+                    xyz_unit=args.xyz_unit,
+                    intrinsics=intrinsics,
+                )
             latency_ms = (time.perf_counter() - t0) * 1000
     except OSError as exc:
         return _error(f"cannot read {exc.filename or 'input'}: {exc.strerror or exc}")
@@ -223,7 +232,15 @@ def _run_single(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(_result_json(result), indent=2))
     else:
-        print(summary_line(result, args.rgb, latency_ms))
+        print(summary_line(result, args.rgb or args.xyz, latency_ms))
+    if args.save_points:
+        scores = result.point_scores()
+        if scores is None:
+            return _error("the server sent no per-point scores (--save-points is for a 3D-only bank)")
+        try:
+            np.save(args.save_points, scores, allow_pickle=False)
+        except OSError as exc:
+            return _error(f"cannot write {args.save_points}: {exc.strerror or exc}")
     if args.save_map:
         png = result.overlay_png() if map_format == "overlay" else result.map_png()
         if png is None:
@@ -420,10 +437,11 @@ def configure(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--api-key", default=os.environ.get(ENV_API_KEY), help=f"API key (default: ${ENV_API_KEY})"
     )
-    p.add_argument("--rgb", help="RGB image (PNG/JPEG/TIFF) of one sample")
+    p.add_argument("--rgb", help="RGB image (PNG/JPEG/TIFF) of one sample (none for a 3D-only bank)")
     p.add_argument(
         "--xyz",
-        help="point cloud of one sample: xyz TIFF/.npy, organized PLY/PCD, or a depth image with --intrinsics",
+        help="point cloud of one sample: xyz TIFF/.npy, organized PLY/PCD, or a depth image with --intrinsics; "
+        "for a 3D-only bank an unorganized PCD/PLY, given alone",
     )
     p.add_argument(
         "--xyz-unit",
@@ -451,6 +469,11 @@ def configure(p: argparse.ArgumentParser) -> None:
         help="with --dir: ask for map=overlay and write each sample's overlay PNG (the heatmap over the part, "
         "regions outlined, a colour bar) under DIR, named as the sample's rgb file; its JSON line names it",
     )
+    p.add_argument(
+        "--save-points",
+        metavar="NPY",
+        help="a 3D-only bank (--xyz alone): write every point's score here, float32 (N,) in the file's order",
+    )
     p.add_argument("--sample-id", help="sample id the service echoes back and logs (one sample)")
     p.add_argument("--json", action="store_true", help="print the full JSON answer (one sample)")
     p.add_argument("--timeout", type=float, default=30.0, help="seconds per request (default: 30)")
@@ -473,8 +496,10 @@ def _check(args: argparse.Namespace) -> None:
     single = args.rgb is not None or args.xyz is not None
     if args.dir is not None and single:
         raise UsageError("give either --dir or --rgb/--xyz, not both")
-    if args.dir is None and not (args.rgb and args.xyz):
-        raise UsageError("give --rgb and --xyz for one sample, or --dir and --out for a folder")
+    if args.dir is None and not args.xyz:
+        raise UsageError(
+            "give --rgb and --xyz for one sample (--xyz alone for a 3D-only bank), or --dir and --out for a folder"
+        )
     if args.dir is not None and not args.out:
         raise UsageError("--dir needs --out (a JSON lines file, or '-' for stdout)")
 

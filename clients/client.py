@@ -46,6 +46,8 @@ __all__ = [
     "PatchbankClientError",
     "PayloadTooLarge",
     "Peak",
+    "PointCloudInput",
+    "PointScores",
     "RecentView",
     "Region",
     "RgbInput",
@@ -71,6 +73,9 @@ XyzUnit: TypeAlias = Literal["m", "mm", "um"]
 IntrinsicsInput: TypeAlias = Mapping[str, float] | str | PathLike[str]
 """A depth image's camera: a mapping ``{"fx", "fy", "cx", "cy", "depth_scale"[, "width", "height"]}``, the
 same as a JSON string, or a path to a JSON file (read by the client)."""
+PointCloudInput: TypeAlias = str | PathLike[str] | bytes | np.ndarray
+"""A 3D-only bank's sample: a path to an unorganized ``.pcd`` or ``.ply`` cloud (sent under its own name), its
+bytes, or a float array (N, 3) (sent as a binary PLY)."""
 MapFormat: TypeAlias = Literal["none", "png", "overlay", "array"]
 """The anomaly map to ask for: none; png, the heatmap alone; overlay, the heatmap drawn over the part's image
 with the regions outlined and a colour bar; array, the float16 values. The heatmaps' scale: 0 at the colour
@@ -190,8 +195,22 @@ class AnomalyMap(_Model):
     shape: tuple[int, ...] | None = None
 
 
+class PointScores(_Model):
+    """A 3D-only bank's per-point scores: one per point of the sent cloud, in the file's order."""
+
+    count: int
+    dtype: str = "float16"
+    data: str
+    peak_index: int
+    """The highest-scoring point's index in the file."""
+    peak_xyz: tuple[float, float, float]
+    above_threshold: int
+    """Points scoring above the bank's point threshold (``pixel_threshold``)."""
+
+
 class ScoreResult(_Model):
-    """The answer of ``POST /score`` for one sample."""
+    """The answer of ``POST /score`` for one sample (an RGB + 3D bank's, or a 3D-only bank's: then
+    ``image_score`` is the object score, ``points`` holds the per-point scores and there is no map)."""
 
     category: str
     bank_version: str
@@ -203,8 +222,23 @@ class ScoreResult(_Model):
     anomaly_map: AnomalyMap | None = None
     regions: tuple[Region, ...] = ()
     peak: Peak | None = None
-    """The map's maximum (None from a service too old to send it)."""
+    """The map's maximum (None from a service too old to send it, and for a 3D-only bank)."""
+    points: PointScores | None = None
+    """A 3D-only bank's per-point scores (see :meth:`point_scores`)."""
     timings_ms: dict[str, float] = {}
+
+    def point_scores(self) -> np.ndarray | None:
+        """A 3D-only bank's score of every point of the sent cloud, float32 (N,) in the file's point order, or
+        None (an RGB + 3D bank, or scored with ``per_point=False``)."""
+        p = self.points
+        if p is None:
+            return None
+        raw = _b64decode(p.data, "points.data")
+        if len(raw) != 2 * p.count:
+            raise UnexpectedResponse(
+                f"points holds {len(raw)} bytes, expected {2 * p.count} for {p.count} float16"
+            )
+        return np.frombuffer(raw, dtype="<f2").astype(np.float32)
 
     def map_array(self) -> np.ndarray | None:
         """The per-pixel anomaly scores as a float32 (H, W) array, or None unless ``map="array"`` was asked."""
@@ -263,6 +297,9 @@ class CategoryInfo(_Model):
     dim: int
     threshold: float
     pixel_threshold: float
+    input: str = "image"
+    """What :meth:`PatchbankClient.score` takes: ``image`` (RGB + organized cloud) or ``points`` (a 3D-only bank:
+    use :meth:`PatchbankClient.score_points`)."""
     members: list[dict[str, Any]] = []
     fusion: str | None = None
     calibration: dict[str, Any] | None = None
@@ -406,6 +443,32 @@ def _encode_xyz(xyz: XyzInput) -> tuple[str, bytes, str]:
     if data.startswith(NPY_MAGIC):
         return "xyz.npy", data, "application/octet-stream"
     return "xyz.tiff", data, "image/tiff"
+
+
+def _encode_points(cloud: PointCloudInput) -> tuple[str, bytes, str]:
+    """The multipart file tuple for an unorganized cloud: a file under its own name, bytes named by their
+    header (``ply`` or PCD), an (N, 3) float array as a binary little-endian PLY."""
+    if isinstance(cloud, np.ndarray):
+        if not np.issubdtype(cloud.dtype, np.floating) or cloud.ndim != 2 or cloud.shape[1] != 3:
+            raise ValueError(f"a point cloud array must be float (N, 3), got {cloud.dtype} {cloud.shape}")
+        header = (
+            "ply\nformat binary_little_endian 1.0\n"
+            f"element vertex {len(cloud)}\nproperty float x\nproperty float y\nproperty float z\nend_header\n"
+        )
+        data = header.encode() + np.ascontiguousarray(cloud, dtype="<f4").tobytes()
+        return "points.ply", data, "application/octet-stream"
+    if isinstance(cloud, str | PathLike):
+        path = Path(cloud)
+        data = path.read_bytes()
+        name = path.name
+    elif isinstance(cloud, bytes | bytearray | memoryview):
+        data = bytes(cloud)
+        name = "points.ply" if data.startswith(b"ply") else "points.pcd"
+    else:
+        raise TypeError(f"a point cloud must be a path, bytes or a numpy array, got {type(cloud).__name__}")
+    if not data:
+        raise ValueError(f"point cloud {name} is empty")
+    return name, data, "application/octet-stream"
 
 
 def _json_value(value: Any) -> Any:
@@ -618,6 +681,20 @@ class _ClientCore:
         headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
         files = [("rgb", _encode_rgb(rgb)), ("xyz", _encode_xyz(xyz))]
         return _Request("POST", "/score", data=data, files=files, headers=headers)
+
+    def _points_request(
+        self,
+        category: str,
+        cloud: PointCloudInput,
+        per_point: bool,
+        sample_id: str | None,
+        idempotency_key: str | None,
+    ) -> _Request:
+        data: dict[str, str | list[str]] = {"category": category, "map": "array" if per_point else "none"}
+        if sample_id is not None:
+            data["sample_id"] = sample_id
+        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
+        return _Request("POST", "/score", data=data, files=[("xyz", _encode_points(cloud))], headers=headers)
 
     def _batch_request(
         self,
@@ -836,6 +913,19 @@ class PatchbankClient(_ClientCore):
         )
         return self._parse_score(self._send(req))
 
+    def score_points(
+        self,
+        category: str,
+        cloud: PointCloudInput,
+        per_point: bool = True,
+        sample_id: str | None = None,
+        idempotency_key: str | None = None,
+    ) -> ScoreResult:
+        """Score one unorganized cloud against a 3D-only bank (no colour image): the object score, the
+        decision, and unless ``per_point`` is False every point's score (:meth:`ScoreResult.point_scores`)."""
+        req = self._points_request(category, cloud, per_point, sample_id, idempotency_key)
+        return self._parse_score(self._send(req))
+
     def score_batch(
         self,
         category: str,
@@ -985,6 +1075,20 @@ class AsyncPatchbankClient(_ClientCore):
             idempotency_key,
             xyz_unit=xyz_unit,
             intrinsics=intrinsics,
+        )
+        return self._parse_score(await self._send(req))
+
+    async def score_points(
+        self,
+        category: str,
+        cloud: PointCloudInput,
+        per_point: bool = True,
+        sample_id: str | None = None,
+        idempotency_key: str | None = None,
+    ) -> ScoreResult:
+        """Score one unorganized cloud against a 3D-only bank; as :meth:`PatchbankClient.score_points`."""
+        req = await asyncio.to_thread(
+            self._points_request, category, cloud, per_point, sample_id, idempotency_key
         )
         return self._parse_score(await self._send(req))
 

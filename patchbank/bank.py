@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib import metadata
 from pathlib import Path
-from typing import TypeVar
+from typing import Literal, TypeVar
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -68,7 +68,10 @@ class TrainingInfo(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     n_samples: int
-    samples: list[str] = Field(description="sample names in id order: vector id // 784 indexes this list")
+    samples: list[str] = Field(
+        description="sample names in id order: vector id // 784 indexes this list (a 3D-only bank: id // the "
+        "most centres per cloud, its extractor's n_centres)"
+    )
     digest: str = Field(description="sha256 over the training samples' names and file bytes")
 
 
@@ -144,9 +147,13 @@ class MemberStats(BaseModel):
 
 
 class Figures(BaseModel):
-    image_auroc: float = Field(description="I-AUROC on image scores")
-    pixel_auroc: float = Field(description="P-AUROC on all pixels at 224 x 224")
-    au_pro: float = Field(description="AU-PRO integrated to FPR 0.3, normalised")
+    image_auroc: float = Field(description="I-AUROC on image scores (a 3D-only bank: object AUROC)")
+    pixel_auroc: float = Field(
+        description="P-AUROC on all pixels at 224 x 224 (a 3D-only bank: point AUROC on every point)"
+    )
+    au_pro: float = Field(
+        description="AU-PRO integrated to FPR 0.3, normalised (a 3D-only bank: over point regions)"
+    )
     n: int = Field(description="samples (good + defective)")
 
 
@@ -161,9 +168,13 @@ class EvaluationRecord(BaseModel):
     """What ``evaluate`` measured on a labelled test split, as a manifest stores it."""
 
     method: str
-    image_auroc: float
-    pixel_auroc: float
-    au_pro: float
+    image_auroc: float = Field(description="I-AUROC on image scores; a 3D-only bank: object AUROC")
+    pixel_auroc: float = Field(
+        description="P-AUROC on all pixels; a 3D-only bank: point AUROC over every point of every test cloud"
+    )
+    au_pro: float = Field(
+        description="AU-PRO to FPR 0.3; a 3D-only bank: point AU-PRO, regions the connected defective points"
+    )
     n_test: int
     per_defect: dict[str, Figures]
     score_ms: float | None = Field(
@@ -269,6 +280,11 @@ class Manifest(BaseModel):
     )
     intrinsics: Intrinsics | None = Field(
         None, description="the category's depth camera: a depth image sent without intrinsics uses these"
+    )
+    input: Literal["image", "points"] = Field(
+        "image",
+        description="what the bank scores: image, an RGB image + organized cloud (per-pixel map, image score); "
+        "points, a 3D-only bank of one unorganized cloud (per-point scores, object score: patchbank.points)",
     )
 
 

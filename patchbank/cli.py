@@ -48,6 +48,7 @@ ENGINE_MODULES = frozenset(
         "prometheus_client",
         "redis",
         "starlette",
+        "yaml",
         "plyfile",
         "pypcd4",
     ]

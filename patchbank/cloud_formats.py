@@ -15,7 +15,7 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import tifffile
@@ -135,15 +135,19 @@ def read_tiff(data: bytes, field: str, max_pixels: int) -> Decoded:
     return Decoded(kind, arr.reshape(arr.shape[:2]) if kind == "depth" else arr, description)
 
 
+def npy_shape(data: bytes) -> tuple[int, ...]:
+    """The shape an ``.npy`` array's header declares (nothing decoded; numpy's errors for a corrupt header)."""
+    buf = io.BytesIO(data)
+    version = np.lib.format.read_magic(buf)
+    read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+    shape, _, _ = read(buf)
+    return tuple(int(n) for n in shape)
+
+
 def read_npy(data: bytes, field: str, max_pixels: int) -> Decoded:
     """An ``.npy`` array: (H, W, 3) xyz or (H, W) depth; never unpickled."""
-    buf = io.BytesIO(data)
     try:
-        version = np.lib.format.read_magic(buf)
-        read = (
-            np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-        )
-        shape, _, _ = read(buf)
+        shape = npy_shape(data)
         if len(shape) >= 2:
             check_pixels(int(shape[1]), int(shape[0]), max_pixels, field)
         arr = np.load(io.BytesIO(data), allow_pickle=False)
@@ -194,8 +198,8 @@ def _unorganized(field: str, fmt: str, why: str) -> InputError:
     )
 
 
-def read_ply(data: bytes, field: str, max_pixels: int) -> Decoded:
-    """An organized PLY (the convention: :mod:`patchbank.clouds`)."""
+def ply_header(data: bytes, field: str) -> Any:
+    """A PLY's parsed header (nothing decoded), checked to have vertices with x, y, z."""
     from plyfile import PlyData
 
     try:
@@ -210,6 +214,24 @@ def read_ply(data: bytes, field: str, max_pixels: int) -> Decoded:
         raise InputError(
             f"{field} is a PLY whose vertices lack x, y, z (they have {', '.join(sorted(names))})"
         )
+    return header
+
+
+def ply_vertices(data: bytes, field: str) -> tuple[Any, np.ndarray]:
+    """A PLY whose header :func:`ply_header` checked, decoded: the PlyData and its (N, 3) float64 vertices."""
+    from plyfile import PlyData
+
+    try:
+        ply = PlyData.read(io.BytesIO(data), mmap=False)
+        vertex = ply["vertex"].data
+        return ply, np.stack([np.asarray(vertex[c], np.float64) for c in ("x", "y", "z")], axis=1)
+    except Exception as exc:  # plyfile raises several types for truncated or corrupt data
+        raise _unreadable(field, "ply", exc) from exc
+
+
+def read_ply(data: bytes, field: str, max_pixels: int) -> Decoded:
+    """An organized PLY (the convention: :mod:`patchbank.clouds`)."""
+    header = ply_header(data, field)
     n = header["vertex"].count
     width, height = _ply_grid(header.obj_info)
     if width is None or height is None:
@@ -224,10 +246,8 @@ def read_ply(data: bytes, field: str, max_pixels: int) -> Decoded:
         raise InputError(
             f"{field} declares a {width} x {height} grid but has {n} vertices and no range_grid element"
         )
+    ply, points = ply_vertices(data, field)
     try:
-        ply = PlyData.read(io.BytesIO(data), mmap=False)
-        vertex = ply["vertex"].data
-        points = np.stack([np.asarray(vertex[c], np.float64) for c in ("x", "y", "z")], axis=1)
         if grid:
             lists = ply["range_grid"].data["vertex_indices"]
             if len(lists) != width * height:
@@ -260,29 +280,34 @@ def _pcd_header(buf: io.BytesIO) -> list[str]:
     return lines
 
 
-def read_pcd(data: bytes, field: str, max_pixels: int) -> Decoded:
-    """An organized PCD (HEIGHT > 1); NaN points are missing."""
-    from pypcd4 import PointCloud
-    from pypcd4.pypcd4 import Encoding, MetaData
+def pcd_header(data: bytes, field: str) -> Any:
+    """A PCD's header as pypcd4's MetaData (nothing decoded); UnreadableCloud when it is not one."""
+    from pypcd4.pypcd4 import MetaData
 
-    buf = io.BytesIO(data)
     try:
-        meta = MetaData.parse_header(_pcd_header(buf))
-        itemsize = meta.build_dtype().itemsize
+        meta = MetaData.parse_header(_pcd_header(io.BytesIO(data)))
+        meta.build_dtype()
     except ValidationError as exc:
         keys = sorted({str(e["loc"][0]).upper() for e in exc.errors() if e["loc"]})
         raise UnreadableCloud(field, "PCD", f"its header lacks or misstates {', '.join(keys)}") from exc
     except Exception as exc:  # Unicode and key errors for corrupt headers
         raise _unreadable(field, "pcd", exc) from exc
-    check_pixels(meta.width, meta.height, max_pixels, field)
-    if meta.height <= 1:
-        raise _unorganized(field, "PCD", f"height {meta.height}: {meta.points} points in one row")
-    if meta.points != meta.width * meta.height:
-        raise InputError(f"{field} declares {meta.points} points for a {meta.width} x {meta.height} grid")
+    return meta
+
+
+def pcd_xyz(data: bytes, meta: Any, field: str) -> np.ndarray:
+    """The (POINTS, 3) float64 x, y, z of a PCD whose header is ``meta``: InputError unless it has x, y, z
+    fields and, compressed, claims the bytes its points need (checked before anything is decompressed)."""
+    from pypcd4 import PointCloud
+    from pypcd4.pypcd4 import Encoding
+
     if not {"x", "y", "z"} <= set(meta.fields):
         raise InputError(f"{field} is a PCD without x, y, z fields (it has {', '.join(meta.fields)})")
     if meta.data == Encoding.BINARY_COMPRESSED:
+        buf = io.BytesIO(data)
+        _pcd_header(buf)
         sizes = buf.read(8)
+        itemsize = meta.build_dtype().itemsize
         if len(sizes) == 8:
             claimed = struct.unpack("II", sizes)[1]
             if claimed != meta.points * itemsize:
@@ -297,6 +322,18 @@ def read_pcd(data: bytes, field: str, max_pixels: int) -> Decoded:
             raise ValueError(f"read {xyz.shape[0]} of {meta.points} points")
     except Exception as exc:  # truncated or corrupt data
         raise _unreadable(field, "pcd", exc) from exc
+    return xyz
+
+
+def read_pcd(data: bytes, field: str, max_pixels: int) -> Decoded:
+    """An organized PCD (HEIGHT > 1); NaN points are missing."""
+    meta = pcd_header(data, field)
+    check_pixels(meta.width, meta.height, max_pixels, field)
+    if meta.height <= 1:
+        raise _unorganized(field, "PCD", f"height {meta.height}: {meta.points} points in one row")
+    if meta.points != meta.width * meta.height:
+        raise InputError(f"{field} declares {meta.points} points for a {meta.width} x {meta.height} grid")
+    xyz = pcd_xyz(data, meta, field)
     return Decoded("xyz", xyz.reshape(meta.height, meta.width, 3).astype(np.float32), "an organized PCD")
 
 

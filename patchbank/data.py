@@ -7,7 +7,9 @@ stores the defect class as 253-255). Good samples without gt files get all-zero 
 
 An xyz file may be any format :mod:`patchbank.clouds` reads (``.tiff``, ``.npy``, ``.ply``, ``.pcd``, or a
 depth image ``.png`` / ``.tiff``), in metres. Depth images need the camera: ``ROOT/<category>/intrinsics.json``
-(:class:`patchbank.clouds.Intrinsics`), which every sample of the category carries.
+(:class:`patchbank.clouds.Intrinsics`), else MVTec 3D-AD's
+``ROOT/<category>/calibration/camera_parameters.json`` (:mod:`patchbank.camera_parameters`), which every
+sample of the category carries.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from patchbank.camera_parameters import CALIBRATION_FILE, CameraParameters
 from patchbank.cloud_formats import SUFFIXES, UnreadableCloud
 from patchbank.clouds import Intrinsics, decode_cloud, organized
 from patchbank.errors import DataError, InputError
@@ -78,10 +81,12 @@ def has_split(root: Path, category: str, split: str) -> bool:
 
 
 def category_intrinsics(root: Path, category: str) -> Intrinsics | None:
-    """The category's ``intrinsics.json``, None when there is none; DataError naming it when it is wrong."""
+    """The category's ``intrinsics.json``, else its MVTec 3D-AD ``calibration/camera_parameters.json`` as a
+    pinhole camera; None when it has neither; DataError naming the file when it is wrong."""
     path = Path(root) / category / INTRINSICS_FILE
     if not path.is_file():
-        return None
+        calibration = Path(root) / category / CALIBRATION_FILE
+        return CameraParameters.from_file(calibration).intrinsics() if calibration.is_file() else None
     try:
         return Intrinsics.from_file(path)
     except InputError as exc:
@@ -96,7 +101,7 @@ def list_samples(
     intrinsics: Intrinsics | None = None,
 ) -> list[SampleRef]:
     """Every sample of one split, good first then defect kinds in name order, files in name order; each
-    carries ``intrinsics``, else the category's ``intrinsics.json`` (for depth images).
+    carries ``intrinsics``, else the category's camera (:func:`category_intrinsics`, for depth images).
 
     Raises DataError naming the path for a missing category or split, an empty split, or a kind whose rgb and
     xyz counts (or names) do not match.

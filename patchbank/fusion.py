@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from patchbank.errors import DataError
 from patchbank.registry import Part, Registry
 
 SPREAD = 3.0  # Shape-Guided's mean +- 3 std
@@ -186,8 +187,14 @@ def fit_fusion(
 ) -> Fusion:
     """Fit both parts on held-out goods: image (M, n) raw image scores, maps (M, n, H, W) raw maps."""
     resolved = FUSION_RULES.options(rule, options).model_dump(mode="json")
-    if image.shape[0] < 2 or image.shape[1] < 2:
-        raise ValueError(f"fusion needs 2+ members and 2+ held-out goods, got {image.shape}")
+    if image.shape[0] < 2:
+        raise ValueError(f"fusion needs 2+ members, got {image.shape[0]}")
+    if image.shape[1] < 2:
+        raise DataError(
+            f"late fusion needs 2 or more held-out good samples to align its members, got {image.shape[1]} "
+            f"({source}): add good samples to validation/good, or remove that folder to hold the training "
+            "samples out one at a time"
+        )
     return Fusion(
         rule=rule,
         options=resolved,

@@ -1,4 +1,5 @@
-"""The loaded banks of a serving process: category -> BankScorer, swapped atomically on reload.
+"""The loaded banks of a serving process: category -> scorer (a ``BankScorer``, or a ``PointBankScorer`` for a
+3D-only bank), swapped atomically on reload.
 
 Every category's active bank is loaded at start; a bad bank is reported and skipped, never fatal to the
 others. Extractors are shared: one per distinct (feature spec, weights), built once. A category name from a
@@ -16,8 +17,11 @@ import numpy as np
 from patchbank import bank as bankfmt
 from patchbank.errors import NotFoundError, PatchbankError, shorten
 from patchbank.features import FeatureExtractor
+from patchbank.points.scorer import PointBankScorer, load_point_scorer
 from patchbank.preprocess import Prepared
 from patchbank.scorer import BankScorer, member_extractor, recorded_spec
+
+Scorer = BankScorer | PointBankScorer  # an RGB + 3D bank's, or a 3D-only bank's
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +31,7 @@ class LoadedBanks:
         self.banks = Path(banks)
         self.device = device
         self.weights_override = weights_override
-        self._scorers: dict[str, BankScorer] = {}
+        self._scorers: dict[str, Scorer] = {}
         self._extractors: dict[str, FeatureExtractor] = {}
         self._lock = threading.Lock()
         self._errors: dict[str, str] = {}
@@ -42,13 +46,17 @@ class LoadedBanks:
                 log.error("skipping bank %s: %s", category, exc)
         return self.errors
 
-    def reload(self, category: str, version: str | None = None, origin: str | None = None) -> BankScorer:
+    def reload(self, category: str, version: str | None = None, origin: str | None = None) -> Scorer:
         """Load (or re-load) a category's bank and swap it in; the old one keeps serving on failure, and the
         failure stays in ``errors`` until a version of the category loads. ``origin`` (e.g. "named in Redis")
         tells a refusal where the version came from."""
         try:
             bank = bankfmt.load_bank(self.banks, category, version, device=self.device, origin=origin)
-            scorer = BankScorer(bank, [self._extractor_for(m) for m in bank.manifest.members])
+            scorer: Scorer
+            if bank.manifest.input == "points":
+                scorer = load_point_scorer(bank)
+            else:
+                scorer = BankScorer(bank, [self._extractor_for(m) for m in bank.manifest.members])
         except PatchbankError as exc:
             with self._lock:
                 self._errors[category] = str(exc)
@@ -81,7 +89,7 @@ class LoadedBanks:
         with self._lock:
             return self._extractors.setdefault(key, extractor)
 
-    def get(self, category: str) -> BankScorer:
+    def get(self, category: str) -> Scorer:
         with self._lock:
             scorer = self._scorers.get(category)
         if scorer is None:

@@ -7,7 +7,9 @@ registered feature extractors (:mod:`patchbank.features`):
   (``rgb+fpfh`` is BTF's per-patch concatenation, a single bank);
 - ``rgb/fpfh``, ``rgb/cpmf``, ``dino/fpfh``, ...: late fusion, one bank per extractor, their scores aligned
   and combined (:mod:`patchbank.fusion`); the rule is ``max`` unless the name ends in ``@svm``
-  (``rgb/fpfh@svm``, M3DM's one-class-SVM fusion).
+  (``rgb/fpfh@svm``, M3DM's one-class-SVM fusion);
+- ``point-fpfh``: a 3D-only bank of unorganized 360-degree clouds (Real3D-AD), point-neighbourhood FPFH
+  (:mod:`patchbank.points`); its ``input`` is ``points``, and it joins no other member.
 
 ``rgb/fpfh`` is the default: on demo data from two seeds it has the best mean I-AUROC and AU-PRO of every
 method (docs/BENCHMARKS.md, Detection). A method's scoring rule (:mod:`patchbank.rules`) is the published
@@ -17,13 +19,14 @@ one for BTF's configurations (``fpfh``, ``rgb+fpfh``) and the product's for ever
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import ValidationError
 
 from patchbank.errors import InputError
 from patchbank.features import EXTRACTORS, list_extractors
 from patchbank.fusion import FUSION_RULES
+from patchbank.points.features import POINT_EXTRACTORS
 from patchbank.rules import PRODUCT, PUBLISHED, Scoring
 
 DEFAULT_METHOD = "rgb/fpfh"
@@ -34,11 +37,13 @@ RULE_SEP = "@"
 
 @dataclass(frozen=True)
 class Method:
-    """A parsed method name: its member extractors, in order, and the fusion rule (None: one bank)."""
+    """A parsed method name: its member extractors, in order, the fusion rule (None: one bank), and what it
+    scores (``image``: RGB + organized cloud; ``points``: one unorganized cloud, :mod:`patchbank.points`)."""
 
     name: str
     members: tuple[str, ...]
     fusion: str | None
+    input: Literal["image", "points"] = "image"
 
     @property
     def published(self) -> bool:
@@ -59,6 +64,8 @@ class Method:
     @property
     def needs_weights(self) -> bool:
         """Whether any member loads backbone weights (registry metadata of its extractor)."""
+        if self.input == "points":
+            return False
         return any(EXTRACTORS.get(m).needs_weights for m in self.members)
 
 
@@ -67,12 +74,18 @@ def parse_method(name: str) -> Method:
     text = name.strip()
     base, sep, rule = text.partition(RULE_SEP)
     members = tuple(m.strip() for m in base.split(MEMBER_SEP))
+    points = [m for m in members if m in POINT_EXTRACTORS]
+    if points:
+        if len(members) > 1 or sep:
+            raise InputError(f"method {name!r}: {points[0]} scores point clouds alone (no fusion, no rule)")
+        return Method(points[0], members, None, "points")
     known = list_extractors()
     unknown = [m for m in members if m not in known]
     if unknown or not all(members):
         raise InputError(
             f"unknown method {name!r}: {', '.join(unknown) or 'an empty member'} is not a feature extractor "
-            f"(known: {', '.join(known)}; join them with {MEMBER_SEP!r} for late fusion, e.g. {DEFAULT_METHOD})"
+            f"(known: {', '.join(known)}; join them with {MEMBER_SEP!r} for late fusion, e.g. {DEFAULT_METHOD}; "
+            f"3D-only: {', '.join(POINT_EXTRACTORS.names())})"
         )
     if len(set(members)) != len(members):
         raise InputError(f"method {name!r} names a member twice")

@@ -25,7 +25,15 @@ from sklearn.metrics import roc_auc_score
 
 from patchbank.errors import InputError
 
-__all__ = ["au_pro", "image_auroc", "pixel_auroc", "pro_curve", "trapezoid"]
+__all__ = [
+    "au_pro",
+    "check_integration_limit",
+    "image_auroc",
+    "pixel_auroc",
+    "pro_curve",
+    "region_pro_curve",
+    "trapezoid",
+]
 
 # Upper bound on the (regions x thresholds) count matrix built at once in pro_curve; bounds memory to ~32 MiB
 # per array even for pathological masks made of hundreds of thousands of tiny regions.
@@ -108,22 +116,45 @@ def pro_curve(
         InputError: malformed masks / maps, no ground-truth region, no anomaly-free pixel, or fewer than two
             thresholds.
     """
-    if isinstance(num_thresholds, bool) or not isinstance(num_thresholds, numbers.Integral):
-        raise InputError(f"num_thresholds must be an integer; got {num_thresholds!r}")
-    if num_thresholds < 2:
-        raise InputError(f"num_thresholds must be at least 2; got {num_thresholds}")
+    _check_num_thresholds(num_thresholds)
     m, a = _masks_and_maps(masks, maps, "AU-PRO")
 
     labeled, num_regions = ndimage.label(m, structure=_STACK_STRUCTURE)
     if num_regions == 0:
         raise InputError("AU-PRO needs at least one ground-truth region; every mask is empty")
-    labeled = labeled.ravel()
-    scores = a.ravel()
+    return region_pro_curve(labeled.ravel(), a.ravel(), num_regions, num_thresholds, "pixel")
 
+
+def region_pro_curve(
+    labeled: np.ndarray,
+    scores: np.ndarray,
+    num_regions: int,
+    num_thresholds: int = 100,
+    unit: str = "element",
+) -> tuple[np.ndarray, np.ndarray]:
+    """The PRO curve of :func:`pro_curve` once the regions are known, whatever they are regions of (pixels,
+    or points: :mod:`patchbank.points.metrics`).
+
+    Args:
+        labeled: (P,) int region of each element, 0 = anomaly-free, 1..num_regions = that region.
+        scores: (P,) float64 finite anomaly score of each element.
+        num_regions: the number of regions (the largest label), at least 1.
+        num_thresholds: number of thresholds sampled (at least 2).
+        unit: what an element is, for messages (pixel, point).
+
+    Returns:
+        fprs, pros as :func:`pro_curve`.
+
+    Raises:
+        InputError: no region, no anomaly-free element, or fewer than two thresholds.
+    """
+    _check_num_thresholds(num_thresholds)
+    if num_regions < 1:
+        raise InputError(f"AU-PRO needs at least one ground-truth region of {unit}s")
     ok_scores = scores[labeled == 0]
     n_ok = ok_scores.size
     if n_ok == 0:
-        raise InputError("AU-PRO needs at least one anomaly-free pixel; every mask is fully anomalous")
+        raise InputError(f"AU-PRO needs at least one anomaly-free {unit}; every {unit} is anomalous")
 
     # Only the order statistics at the sampled positions are needed: partition instead of a full sort.
     positions = np.linspace(0, n_ok - 1, num=int(num_thresholds), dtype=np.int64)  # (T,), non-decreasing
@@ -158,11 +189,24 @@ def au_pro(
     Raises:
         InputError: as :func:`pro_curve`, or an integration limit outside (0, 1].
     """
+    limit = check_integration_limit(integration_limit)
+    fprs, pros = pro_curve(masks, maps, num_thresholds=num_thresholds)
+    return trapezoid(fprs, pros, x_max=limit) / limit
+
+
+def check_integration_limit(integration_limit: float) -> float:
+    """The AU-PRO integration limit as a float in (0, 1]; InputError otherwise (NaN included)."""
     limit = float(integration_limit)
     if not 0.0 < limit <= 1.0:  # also rejects NaN
         raise InputError(f"AU-PRO integration_limit must be in (0, 1]; got {integration_limit!r}")
-    fprs, pros = pro_curve(masks, maps, num_thresholds=num_thresholds)
-    return trapezoid(fprs, pros, x_max=limit) / limit
+    return limit
+
+
+def _check_num_thresholds(num_thresholds: int) -> None:
+    if isinstance(num_thresholds, bool) or not isinstance(num_thresholds, numbers.Integral):
+        raise InputError(f"num_thresholds must be an integer; got {num_thresholds!r}")
+    if num_thresholds < 2:
+        raise InputError(f"num_thresholds must be at least 2; got {num_thresholds}")
 
 
 def trapezoid(x: np.ndarray, y: np.ndarray, x_max: float | None = None) -> float:

@@ -297,6 +297,13 @@ def member_extractor(member: Member, device: str = "cpu", weights: str | None = 
 def load_scorer(
     banks: Path, category: str, version: str | None = None, device: str = "cpu", weights: str | None = None
 ) -> BankScorer:
-    """Load a bank and rebuild exactly the extractors its manifest records (``weights``: a moved file)."""
+    """Load a bank and rebuild exactly the extractors its manifest records (``weights``: a moved file).
+    BankError for a 3D-only bank (``patchbank.points.scorer.load_point_scorer`` loads those)."""
     bank = load_bank(banks, category, version, device=device)
-    return BankScorer(bank, [member_extractor(m, device, weights) for m in bank.manifest.members])
+    m = bank.manifest
+    if m.input != "image":
+        raise BankError(
+            f"{bank.ref} is a 3D-only bank ({m.method}): this scores RGB + 3D samples; a 3D-only bank is "
+            "evaluated with patchbank evaluate, calibrated with --rule target-frr and rebuilt with build"
+        )
+    return BankScorer(bank, [member_extractor(member, device, weights) for member in m.members])

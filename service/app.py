@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from functools import partial
 from typing import Annotated, Any, TypeVar
@@ -39,6 +39,7 @@ from patchbank.errors import (
     redact,
 )
 from patchbank.loaded import LoadedBanks
+from patchbank.points.scorer import PointBankScorer
 from patchbank.predict import Sample
 from patchbank.recall import RecallSummary
 from patchbank.scorer import BankScorer
@@ -62,6 +63,7 @@ from patchbank_service.models import (
     ScoreResponse,
 )
 from patchbank_service.observability import Metrics
+from patchbank_service.points import CloudUpload, score_clouds
 from patchbank_service.recall import RecallKeeper
 from patchbank_service.replicas import IdempotencyConflict, ReplicaLink, request_digest
 from patchbank_service.review import Review
@@ -171,7 +173,7 @@ class State:
         root = str(self.loaded.banks.resolve())
         return {category: redact(why, root) for category, why in self.loaded.errors.items()}
 
-    def scorer(self, category: str) -> BankScorer:
+    def scorer(self, category: str) -> BankScorer | PointBankScorer:
         """The category's scorer; 503 while banks are still loading (not a misleading 404)."""
         if not self.ready:
             raise NotReady("banks are still loading; retry shortly")
@@ -198,6 +200,17 @@ class State:
     async def in_thread(self, fn: Callable[..., T], *args: Any) -> T:
         """Run CPU/GPU work in a worker thread, at most ``concurrency`` at once."""
         return await anyio.to_thread.run_sync(partial(fn, *args), limiter=self.limiter)
+
+    async def score_cloud(
+        self, scorer: PointBankScorer, upload: CloudUpload, per_point: bool
+    ) -> ScoreResponse:
+        """One cloud of a 3D-only bank (not batched: a cloud is a pass of its own)."""
+        with self.admit():
+            self.metrics.batch_size.observe(1)
+            results = await self.in_thread(
+                score_clouds, scorer, [upload], per_point, self.settings.max_points
+            )
+            return results[0]
 
     async def score_one(self, scorer: BankScorer, upload: Sample, fmt: MapFormat) -> ScoreResponse:
         """One sample, batched with concurrent requests for the same bank when ``max_batch`` > 1."""
@@ -243,10 +256,11 @@ def require_admin(state: StateDep, x_api_key: Annotated[str | None, Header()] = 
         raise Unauthorized("reloading a bank needs an admin API key (X-API-Key header)")
 
 
-def category_info(scorer: BankScorer) -> CategoryInfo:
+def category_info(scorer: BankScorer | PointBankScorer) -> CategoryInfo:
     m = scorer.bank.manifest
     return CategoryInfo(
         name=m.category,
+        input=m.input,
         method=m.method,
         bank_version=m.version,
         bank_size=sum(len(ix) for ix in scorer.bank.indices),
@@ -360,8 +374,11 @@ def _install_routes(app: FastAPI) -> None:
     async def score(
         state: StateDep,
         request: Request,
-        rgb: Annotated[UploadFile, File(description="RGB image: PNG, JPEG or TIFF")],
         xyz: Annotated[UploadFile, File(description=XYZ_HELP)],
+        rgb: Annotated[
+            UploadFile | None,
+            File(description="RGB image: PNG, JPEG or TIFF (required, except by a 3D-only bank)"),
+        ] = None,
         category: Annotated[str | None, Form(description="category of the part, e.g. cable_gland")] = None,
         xyz_unit: Annotated[XyzUnit | None, Form(description=UNIT_HELP)] = None,
         intrinsics: Annotated[
@@ -379,30 +396,43 @@ def _install_routes(app: FastAPI) -> None:
             Header(max_length=MAX_SAMPLE_ID, description="with Redis: a retry gets the same answer"),
         ] = None,
     ) -> Any:
-        """Score one sample: image score, OK/NG decision, defect regions and the anomaly map."""
+        """Score one sample: image score, OK/NG decision, defect regions and the anomaly map. A 3D-only bank
+        takes one unorganized cloud (PCD or PLY) and no rgb, and answers one score per point (``points``)."""
         start = time.perf_counter()
         await _sent_once(request, ("category", "rgb", "xyz", "map", "sample_id", "xyz_unit", "intrinsics"))
         scorer = state.scorer(category or "")
-        camera = Intrinsics.from_json(intrinsics) if intrinsics else None
-        upload = Sample(
-            await rgb.read(),
-            await xyz.read(),
-            xyz.filename,
-            sample_id,
-            max_pixels=state.settings.max_pixels,
-            intrinsics=camera,
-            xyz_unit=xyz_unit,
-        )
-        fmt = map or state.settings.default_map
+        name = scorer.bank.manifest.category
+        run: Callable[[], Awaitable[ScoreResponse]]
+        if isinstance(scorer, PointBankScorer):
+            if rgb is not None:
+                raise InputError(f"category {name} is a 3D-only bank: send xyz only")
+            fmt: MapFormat = map or "array"
+            cloud = CloudUpload(await xyz.read(), xyz.filename, sample_id)
+            keyed: tuple[Any, ...] = (None, None, b"", cloud.xyz)
+            run, kept = partial(state.score_cloud, scorer, cloud, fmt != "none"), None
+        else:
+            if rgb is None:
+                raise InputError(f"field rgb is required: category {name} scores RGB + 3D")
+            upload = Sample(
+                await rgb.read(),
+                await xyz.read(),
+                xyz.filename,
+                sample_id,
+                max_pixels=state.settings.max_pixels,
+                intrinsics=Intrinsics.from_json(intrinsics) if intrinsics else None,
+                xyz_unit=xyz_unit,
+            )
+            fmt = map or state.settings.default_map
+            keyed = (xyz_unit, intrinsics, upload.rgb, upload.xyz)
+            run, kept = partial(state.score_one, scorer, upload, fmt), upload
         digest = None
         if idempotency_key and state.replicas is not None:
-            name = scorer.bank.manifest.category
-            digest = request_digest(name, fmt, sample_id, xyz_unit, intrinsics, upload.rgb, upload.xyz)
+            digest = request_digest(name, fmt, sample_id, *keyed)
             stored = await state.replicas.recall(idempotency_key, digest, name, sample_id)
             if stored is not None:
                 return stored
-        result = await state.score_one(scorer, upload, fmt)
-        _observe(state, [result], start, [upload])
+        result = await run()
+        _observe(state, [result], start, [kept])
         if digest is not None and state.replicas is not None:
             await state.replicas.remember(idempotency_key or "", digest, result)
         return result
@@ -435,6 +465,11 @@ def _install_routes(app: FastAPI) -> None:
                 "(PATCHBANK_MAX_BATCH_SAMPLES): send them in several requests"
             )
         scorer = state.scorer(category or "")
+        if isinstance(scorer, PointBankScorer):
+            raise InputError(
+                f"category {scorer.bank.manifest.category} is a 3D-only bank: it takes no batches, send each "
+                "cloud in a score request of its own"
+            )
         camera = Intrinsics.from_json(intrinsics) if intrinsics else None
         with state.admit(len(rgb)):
             ids = sample_id or [None] * len(rgb)
@@ -563,7 +598,7 @@ async def _sent_once(request: Request, names: tuple[str, ...]) -> None:
             raise InputError(f"field {name} was sent {count} times; send it once")
 
 
-def _observe(state: State, results: list[ScoreResponse], start: float, uploads: list[Sample]) -> None:
+def _observe(state: State, results: list[ScoreResponse], start: float, uploads: list[Sample | None]) -> None:
     latency_ms = (time.perf_counter() - start) * 1000.0
     m = state.metrics
     t = results[0].timings_ms

@@ -29,6 +29,8 @@ from pydantic import BaseModel, Field
 from patchbank.clouds import Intrinsics, XyzUnit
 from patchbank.data import has_split, list_samples
 from patchbank.errors import NotFoundError, shorten
+from patchbank.points.io import read_points
+from patchbank.points.scorer import PointBankScorer
 from patchbank.predict import Sample
 from patchbank.preprocess import valid_points
 from patchbank.regions import heatmap_png
@@ -151,9 +153,16 @@ async def points(
 ) -> CloudPoints:
     """A point cloud's valid points in metres (at most 50 000, evenly spread) with each point's pixel, for
     the console's 3D view; the console colours each point by the anomaly map at its pixel. Decoded as
-    ``/score`` decodes it, under the same limits."""
+    ``/score`` decodes it, under the same limits. For a 3D-only bank's category the cloud is unorganized:
+    ``height`` is 1, ``width`` the file's point count and a point's "pixel" its index in the file, where the
+    answer's per-point scores are."""
     state: State = request.app.state.patchbank
-    bank_camera = state.scorer(category).bank.manifest.intrinsics if category else None
+    scorer = state.scorer(category) if category else None
+    if isinstance(scorer, PointBankScorer):
+        data = await xyz.read()
+        with state.admit():
+            return await state.in_thread(unorganized_points, data, xyz.filename, state.settings.max_points)
+    bank_camera = scorer.bank.manifest.intrinsics if scorer else None
     sample = Sample(
         b"",
         await xyz.read(),
@@ -258,8 +267,21 @@ def cloud_points(sample: Sample, bank_camera: Intrinsics | None, limit: int = MA
     """Decode ``sample``'s cloud and keep at most ``limit`` of its valid points, evenly spread in pixel
     order (so the view keeps the part's whole surface)."""
     xyz = sample.cloud(bank_camera)  # (H, W, 3) float32 metres
-    h, w, _ = xyz.shape
     valid = np.flatnonzero(valid_points(xyz) & np.isfinite(xyz).all(axis=-1))
+    return _spread(xyz, valid, limit)
+
+
+def unorganized_points(
+    data: bytes, filename: str | None, max_points: int, limit: int = MAX_POINTS
+) -> CloudPoints:
+    """An unorganized cloud (a 3D-only bank's) as one row: each point's "pixel" is its index in the file."""
+    xyz = read_points(data, filename, "xyz", max_points)[None]  # (1, N, 3)
+    return _spread(xyz, np.flatnonzero(np.isfinite(xyz[0]).all(axis=-1)), limit)
+
+
+def _spread(xyz: np.ndarray, valid: np.ndarray, limit: int) -> CloudPoints:
+    """At most ``limit`` of the ``valid`` points of an (H, W, 3) cloud, evenly spread in pixel order."""
+    h, w, _ = xyz.shape
     keep = valid
     if len(valid) > limit:
         keep = valid[np.linspace(0, len(valid) - 1, limit).round().astype(np.int64)]

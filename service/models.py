@@ -54,6 +54,18 @@ class PeakOut(BaseModel):
     score: float = Field(description="the map's largest value: above pixel_threshold when there is a region")
 
 
+class PointScores(BaseModel):
+    """A 3D-only bank's answer per point: one anomaly score per point of the uploaded cloud, in the file's
+    point order (a cloud with a NaN or infinite point is refused: send the measured points only)."""
+
+    count: int = Field(description="points in the uploaded cloud (the file's point count)")
+    dtype: Literal["float16"] = Field("float16", description="element type of data")
+    data: str = Field(description="base64 of the little-endian float16 (count,) scores, in the file's order")
+    peak_index: int = Field(description="the highest-scoring point's index in the file")
+    peak_xyz: tuple[float, float, float] = Field(description="that point's coordinates, in the file's unit")
+    above_threshold: int = Field(description="points scoring above pixel_threshold (the point threshold)")
+
+
 class Timings(StageTimings):
     total: float = Field(description="milliseconds from the request's arrival to the answer")
 
@@ -62,15 +74,24 @@ class ScoreResponse(BaseModel):
     category: str
     bank_version: str
     sample_id: str | None = None
-    image_score: float = Field(description="reweighted image score (PatchCore Eq. 7)")
-    threshold: float = Field(description="image threshold of the bank; above it the part is NG")
-    pixel_threshold: float = Field(description="anomaly-map value above which a pixel belongs to a region")
+    image_score: float = Field(
+        description="the part's score: the image score of an RGB + 3D bank (its rule: PatchCore's reweighted "
+        "maximum, or the map's maximum), the object score of a 3D-only bank (its highest point score)"
+    )
+    threshold: float = Field(description="image (object) threshold of the bank; above it the part is NG")
+    pixel_threshold: float = Field(
+        description="anomaly-map value above which a pixel belongs to a region (a 3D-only bank: a point)"
+    )
     is_anomalous: bool
     anomaly_map: AnomalyMap | None = None
-    regions: list[RegionOut]
-    peak: PeakOut = Field(
-        description="the anomaly map's maximum, in input pixels, and its value: every answer names where to look, "
-        "even an NG part with no region above the pixel threshold; the top region, if any, contains it"
+    regions: list[RegionOut] = Field(default_factory=list, description="none for a 3D-only bank")
+    peak: PeakOut | None = Field(
+        description="the anomaly map's maximum, in input pixels, and its value: every answer of an RGB + 3D bank "
+        "names where to look, even an NG part with no region above the pixel threshold; the top region, if "
+        "any, contains it. None for a 3D-only bank (see points.peak_index)"
+    )
+    points: PointScores | None = Field(
+        None, description="a 3D-only bank's per-point scores (absent with map=none, and for RGB + 3D banks)"
     )
     timings_ms: Timings
 
@@ -87,6 +108,11 @@ class MemberInfo(BaseModel):
 
 class CategoryInfo(BaseModel):
     name: str
+    input: Literal["image", "points"] = Field(
+        "image",
+        description="what /score takes: image (an RGB image and an organized cloud) or points (a 3D-only "
+        "bank: one unorganized point cloud, PCD or PLY, and no rgb)",
+    )
     method: str = Field(description="scoring method, e.g. rgb/fpfh (late fusion) or rgb+fpfh (one bank)")
     bank_version: str
     bank_size: int = Field(description="vectors in the bank (all members)")

@@ -196,19 +196,22 @@ class RecentDecisions:
         self._minutes: dict[str, deque[list[int]]] = {}  # category -> [minute, OK, NG], the last hour's
 
     # ------------------------------------------------------------------ the scoring path
-    def record(self, r: ScoreResponse, upload: Sample, latency_ms: float, at: float) -> Decision:
-        """Keep one answered sample; returns its decision (the same the score stream gets)."""
+    def record(self, r: ScoreResponse, upload: Sample | None, latency_ms: float, at: float) -> Decision:
+        """Keep one answered sample; returns its decision (the same the score stream gets). ``upload`` None
+        (a 3D-only bank's cloud): the decision is kept, not the files."""
         peak = max((g.peak_score for g in r.regions), default=None)
-        kept = StoredSample(
-            upload.rgb,
-            upload.xyz,
-            upload.xyz_name,
-            upload.xyz_unit,
-            upload.intrinsics,
-            r.anomaly_map,
-            r.pixel_threshold,
-            tuple(r.regions),
-        )
+        kept = None
+        if upload is not None:
+            kept = StoredSample(
+                upload.rgb,
+                upload.xyz,
+                upload.xyz_name,
+                upload.xyz_unit,
+                upload.intrinsics,
+                r.anomaly_map,
+                r.pixel_threshold,
+                tuple(r.regions),
+            )
         verdict: Literal["OK", "NG"] = "NG" if r.is_anomalous else "OK"
         minute = int(at // 60)
         with self._lock:
@@ -233,7 +236,7 @@ class RecentDecisions:
             if len(self._decisions) == self.size:
                 self._forget(self._decisions[0].id)
             self._decisions.append(decision)
-            if self.samples and kept.nbytes <= self.max_bytes:
+            if kept is not None and self.samples and kept.nbytes <= self.max_bytes:
                 self._stored[decision.id] = kept
                 self._stored_bytes += kept.nbytes
                 while len(self._stored) > self.samples or self._stored_bytes > self.max_bytes:

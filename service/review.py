@@ -91,7 +91,7 @@ class Review:
         self._auto_pending = 0  # writes queued; beyond AUTO_ACCEPT_QUEUE a part is skipped, never waited for
         self._auto_lock = threading.Lock()
 
-    def record(self, r: ScoreResponse, upload: Sample, latency_ms: float, at: float) -> Decision:
+    def record(self, r: ScoreResponse, upload: Sample | None, latency_ms: float, at: float) -> Decision:
         """Keep one answered sample (on the scoring path: an append under a lock)."""
         return self.recent.record(r, upload, latency_ms, at)
 

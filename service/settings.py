@@ -13,6 +13,8 @@ from patchbank.config import Settings
 from patchbank.decode import DEFAULT_MAX_PIXELS
 from patchbank.preprocess import DEFAULT_MAX_MAP_SIDE
 
+DEFAULT_MAX_POINTS = 4_000_000  # a 3D-only bank's cloud: 48 MB as binary float32 PCD, under the upload limit
+
 
 class ServiceSettings(Settings):
     max_upload_mb: float = Field(64.0, gt=0, description="largest request body, MiB (413 above)")
@@ -21,6 +23,12 @@ class ServiceSettings(Settings):
         ge=1,
         description="decoded pixels (width x height) an rgb or xyz input may have, checked before decoding "
         "(413 above)",
+    )
+    max_points: int = Field(
+        DEFAULT_MAX_POINTS,
+        ge=1,
+        description="points an unorganized cloud sent to a 3D-only bank may have, checked from its header before "
+        "decoding (413 above)",
     )
     api_keys: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="comma-separated keys for X-API-Key; empty = no authentication"

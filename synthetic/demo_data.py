@@ -36,7 +36,8 @@ import os
 import secrets
 import shutil
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
@@ -47,6 +48,7 @@ import tifffile
 from PIL import Image
 from tqdm import tqdm
 
+from patchbank.camera_parameters import CALIBRATION_FILE, CameraParameters
 from patchbank.errors import InputError
 
 FloatArray = npt.NDArray[np.float64]
@@ -79,6 +81,7 @@ TABLE_RGB = (0.30, 0.31, 0.33)
 DEFECT_TRIES = 8
 FLAT_TOLERANCE = 2.5 * MM  # max intact height range under a defect
 _STREAM_COUNT = 4  # pose, texture, sensor, defect
+SENSOR_PITCH = 2.0**-18  # m, pixel size written to camera_parameters.json (a power of 2: focus / sx is exact)
 # line drift at shift = 1 (see _drift): per-channel albedo gain, extra (low, fine) mottling amplitude
 BATCH_TINT: Final = (0.80, 0.96, 1.18)
 BATCH_MOTTLE: Final = (0.08, 0.05)
@@ -87,11 +90,15 @@ BATCH_MOTTLE: Final = (0.08, 0.05)
 @dataclass(frozen=True)
 class DemoSample:
     """One rendered sample: rgb (H, W, 3) uint8; xyz (H, W, 3) float32 metres, camera frame, (0, 0, 0) =
-    missing; gt (H, W) uint8, 0 = good, ``GT_VALUES[kind]`` on defect pixels."""
+    missing; gt (H, W) uint8, 0 = good, ``GT_VALUES[kind]`` on defect pixels; height (H, W) float64 metres,
+    the true height above the table of the surface each pixel sees (0 on the table; before sensor noise,
+    and only an estimate where the sensor reports nothing at occlusion edges; not written to disk: the
+    generator's own answer to which points are background)."""
 
     rgb: UInt8Array
     xyz: npt.NDArray[np.float32]
     gt: UInt8Array
+    height: FloatArray
 
 
 # --------------------------------------------------------------------------------------------- small maths
@@ -559,11 +566,17 @@ class _Camera:
     def draw(cls, rng: Rng, size: tuple[int, int]) -> _Camera:
         """Fixed intrinsics for the image size; random distance (0.49-0.51 m) and tilt (<= 3 deg per axis)."""
         width, height = size
-        focal = min(width, height) * TABLE_DISTANCE / FIELD_OF_VIEW
+        focal = cls.focal_for(size)
         distance = TABLE_DISTANCE + rng.uniform(-DISTANCE_JITTER, DISTANCE_JITTER)
         tilt_x, tilt_y = np.radians(rng.uniform(-MAX_TILT_DEG, MAX_TILT_DEG, size=2))
         down = np.diag([1.0, -1.0, -1.0])  # camera X -> table x, Y (image down) -> -y, Z (forward) -> -z
         return cls(width, height, focal, distance, _rotation(0, tilt_x) @ _rotation(1, tilt_y) @ down)
+
+    @staticmethod
+    def focal_for(size: tuple[int, int]) -> float:
+        """Focal length (pixels) for an image of ``size`` (width, height): the shorter side sees
+        FIELD_OF_VIEW metres of table at the nominal distance."""
+        return min(size) * TABLE_DISTANCE / FIELD_OF_VIEW
 
     @property
     def pixel(self) -> float:
@@ -779,7 +792,8 @@ def _render_scene(
     rgb = _shade(albedo.reshape(*shape, 3), normals, light, noise)
     xyz = _sense(rays.reshape(*shape, 3), depth.reshape(shape), converged.reshape(shape), normals, noise)
     gt = np.where(mask.reshape(shape), np.uint8(gt_value), np.uint8(0))
-    return DemoSample(rgb, xyz, gt)
+    height = (camera.distance + depth * rays_table[:, 2]).reshape(shape)  # depth = (D - h) / -dz, for h
+    return DemoSample(rgb, xyz, gt, height)
 
 
 def _render(
@@ -843,6 +857,20 @@ def _check_size(size: tuple[int, int]) -> tuple[int, int]:
     return _check_positive("size width", size[0], MIN_SIDE), _check_positive("size height", size[1], MIN_SIDE)
 
 
+def _check_sizes(
+    sizes: Mapping[str, tuple[int, int]], cats: Sequence[_Category]
+) -> dict[str, tuple[int, int]]:
+    """Per-category sizes, each checked by :func:`_check_size`; InputError for a category not generated."""
+    names = [cat.name for cat in cats]
+    for name in sizes:
+        if name not in names:
+            raise InputError(
+                f"a size is given for category {name!r}, which is not generated "
+                f"(categories: {', '.join(names)})"
+            )
+    return {name: _check_size(value) for name, value in sizes.items()}
+
+
 def _check_shift(shift: object) -> float:
     """The line drift ``shift`` as a float in [0, 1], else InputError naming the bad value."""
     if isinstance(shift, bool) or not isinstance(shift, int | float | np.integer | np.floating):
@@ -889,6 +917,24 @@ def render_sample(
     return _render(cat, kind, split, index, size, seed, with_defect, _check_shift(shift))
 
 
+def camera_parameters(size: tuple[int, int]) -> CameraParameters:
+    """The camera of every sample of ``size`` (width, height), as MVTec 3D-AD ships it per category in
+    ``calibration/camera_parameters.json`` (:mod:`patchbank.camera_parameters`): focal length and
+    principal point depend on the size only (a sample's camera distance and tilt vary, but they are not
+    intrinsics); no lens distortion (kappa 0)."""
+    width, height = _check_size(size)
+    return CameraParameters(
+        focus=_Camera.focal_for((width, height)) * SENSOR_PITCH,
+        kappa=0.0,
+        sx=SENSOR_PITCH,
+        sy=SENSOR_PITCH,
+        cx=(width - 1) / 2,
+        cy=(height - 1) / 2,
+        image_width=width,
+        image_height=height,
+    )
+
+
 def _plan(n_train: int, n_validation: int, n_test: int) -> list[tuple[str, str, int]]:
     """(split, kind, count) for every folder of one category, in writing order."""
     return [
@@ -916,7 +962,11 @@ def _fill_category(
     shift: float,
     bar: tqdm,
 ) -> None:
-    """Render and write every sample of ``cat`` into the (fresh) category folder ``root``."""
+    """Render and write every sample of ``cat`` into the (fresh) category folder ``root``, with its camera
+    in ``calibration/camera_parameters.json`` as MVTec 3D-AD has it."""
+    calibration = root / CALIBRATION_FILE
+    calibration.parent.mkdir()
+    calibration.write_text(camera_parameters(size).model_dump_json(indent=2) + "\n")
     for split, kind, count in plan:
         if count == 0:
             continue  # e.g. no validation split: banks then hold out training samples one at a time
@@ -930,9 +980,18 @@ def _fill_category(
             bar.update(1)
 
 
-def _swap_into_place(staged: Path, final: Path) -> None:
-    """Move the finished ``staged`` folder to ``final``, replacing whatever is there: the old one is first
-    renamed aside, so ``final`` is at every moment either the complete old or the complete new category."""
+@contextmanager
+def staged_folder(final: Path) -> Iterator[Path]:
+    """A folder to fill beside ``final`` (hidden), moved into its place whole when the block ends: the old one
+    is first renamed aside, so ``final`` is at every moment either the complete old or the complete new
+    folder. A failure inside the block removes the staged folder and leaves ``final`` as it was."""
+    staged = final.with_name(f".{final.name}.tmp-{secrets.token_hex(4)}")
+    staged.mkdir(parents=True)
+    try:
+        yield staged
+    except BaseException:
+        shutil.rmtree(staged, ignore_errors=True)
+        raise
     aside = None
     if final.exists() or final.is_symlink():
         aside = final.with_name(f".{final.name}.old-{secrets.token_hex(4)}")
@@ -955,14 +1014,8 @@ def _write_category(
     bar: tqdm,
 ) -> Path:
     """Generate one category atomically: into a hidden sibling folder, then swapped into ``out/<name>``."""
-    staged = out / f".{cat.name}.tmp-{secrets.token_hex(4)}"
-    staged.mkdir()
-    try:
+    with staged_folder(out / cat.name) as staged:
         _fill_category(staged, cat, plan, size, seed, shift, bar)
-        _swap_into_place(staged, out / cat.name)
-    except BaseException:
-        shutil.rmtree(staged, ignore_errors=True)
-        raise
     return out / cat.name
 
 
@@ -976,13 +1029,16 @@ def generate(
     seed: int = 0,
     progress: bool = True,
     shift: float = 0.0,
+    sizes: Mapping[str, tuple[int, int]] | None = None,
 ) -> list[Path]:
     """Write a synthetic MVTec 3D-AD style dataset under ``out`` and return the category folders written.
 
     Per category: ``n_train`` train and ``n_validation`` validation good samples, and ``n_test`` test samples
-    of each kind (good and every defect in :data:`DEFECT_KINDS`). ``size`` is (width, height) in pixels.
+    of each kind (good and every defect in :data:`DEFECT_KINDS`). ``size`` is (width, height) in pixels;
+    ``sizes`` gives some categories a size of their own (``{"bracket": (480, 400)}``).
     Files: rgb/NNN.png (H, W, 3) uint8; xyz/NNN.tiff (H, W, 3) float32 metres in the camera frame with
-    (0, 0, 0) for missing points; test gt/NNN.png (H, W) uint8, 0 = good, 253..255 on defect pixels.
+    (0, 0, 0) for missing points; test gt/NNN.png (H, W) uint8, 0 = good, 253..255 on defect pixels; the
+    camera in calibration/camera_parameters.json (:func:`camera_parameters`).
     Every file depends only on (seed, category, split, kind, index, size, shift). Each category folder is
     written next to its final place and swapped in whole, replacing an existing one.
 
@@ -991,7 +1047,8 @@ def generate(
     defects are applied. Geometry, table, light and noise do not change, so xyz and gt files are identical
     for every shift and rgb differs only on the part; ``shift = 0`` (the default) is the undrifted data.
 
-    Raises InputError for an unknown category, a non-positive count or size, or a shift outside [0, 1].
+    Raises InputError for an unknown category, a non-positive count or size, a size for a category not
+    generated, or a shift outside [0, 1].
     """
     cats = _check_categories(categories)
     plan = _plan(
@@ -1000,10 +1057,11 @@ def generate(
         _check_positive("n_test", n_test),
     )
     size = _check_size(size)
+    own = _check_sizes(sizes or {}, cats)
     seed = _check_positive("seed", seed, 0)
     shift = _check_shift(shift)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     total = len(cats) * sum(count for _, _, count in plan)
     with tqdm(total=total, disable=not progress, unit="sample", desc="demo data") as bar:
-        return [_write_category(out, cat, plan, size, seed, shift, bar) for cat in cats]
+        return [_write_category(out, cat, plan, own.get(cat.name, size), seed, shift, bar) for cat in cats]

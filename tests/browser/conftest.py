@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 import pytest
 from PIL import Image
 
-from tests.integration.conftest import fpfh_build  # noqa: F401  (the session's FPFH bank, for tests here)
+from tests.integration.conftest import fpfh_build, point_build  # noqa: F401  (the session's banks, for tests here)
 
 if TYPE_CHECKING:
     from playwright.sync_api import Browser, Page, Playwright, Request, Route

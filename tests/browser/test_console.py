@@ -19,6 +19,7 @@ import tifffile
 from PIL import Image
 
 from patchbank.data import SampleRef, list_samples
+from patchbank.points.data import list_point_samples
 from patchbank.regions import heatmap_png
 from patchbank_builder.build import BuildResult
 from patchbank_service.app import create_app
@@ -27,6 +28,7 @@ from patchbank_service.live import live_server
 from patchbank_service.settings import ServiceSettings
 from tests.browser.conftest import Tab, shoot
 from tests.conftest import CATEGORY
+from tests.integration.conftest import POINT_COUNT, POINT_PART
 
 KEY = "line-7-key"
 
@@ -284,3 +286,42 @@ def test_inspect_scores_a_part_from_the_sample_folder(
         expected = score(base, ref)
         assert page.inner_text("#decision") == ("NG" if expected["is_anomalous"] else "OK")
         assert f"{expected['image_score']:.3f}" in page.inner_text("#score-line")
+
+
+@pytest.fixture(scope="module")
+def points_url(point_build: tuple[Path, Path]) -> Iterator[str]:
+    """A service with the session's 3D-only bank."""
+    settings = ServiceSettings(banks=point_build[1], device="cpu", log_json=False)
+    with live_server(create_app(settings)) as base:
+        yield base
+
+
+def test_inspect_scores_a_cloud_alone_for_a_3d_only_bank(
+    tab: Tab, points_url: str, point_build: tuple[Path, Path]
+) -> None:
+    ref = next(r for r in list_point_samples(point_build[0], POINT_PART, "test") if r.kind != "good")
+    page = tab.page
+    page.goto(points_url + "/#inspect")
+    page.locator(f'#inspect-category option[value="{POINT_PART}"]').wait_for(state="attached")
+    page.select_option("#inspect-category", POINT_PART)
+    assert not page.is_visible("#inspect-rgb")  # a 3D-only bank takes the cloud alone
+    page.set_input_files("#inspect-xyz", ref.path)
+    page.click("#inspect-submit")
+    page.locator("#inspect-result").wait_for()
+    page.locator("#view3d canvas, #view3d-note:has-text('3D view')").first.wait_for()
+
+    r = httpx.post(  # the same cloud through the API
+        f"{points_url}/score",
+        data={"category": POINT_PART},
+        files={"xyz": (ref.path.name, ref.path.read_bytes())},
+    )
+    expected = r.json()
+    assert page.inner_text("#decision") == ("NG" if expected["is_anomalous"] else "OK")
+    line = page.inner_text("#score-line")
+    assert (
+        f"{expected['image_score']:.3f}" in line and f"peak point #{expected['points']['peak_index']}" in line
+    )
+    assert f"{expected['points']['above_threshold']:,} of {POINT_COUNT:,} points above" in line
+    assert not page.is_visible("#overlay-figure") and not page.is_visible("#regions-section")
+    assert "coloured by their own scores" in page.inner_text("#view3d-note")
+    shoot(page, "inspect-points", docs=False)

@@ -32,6 +32,29 @@ def fpfh_build(demo_root: Path, tmp_path_factory: pytest.TempPathFactory) -> tup
     return banks, build_bank(req)
 
 
+POINT_PART = "capsule"  # the 3D-only bank's category (patchbank_synthetic.real3d)
+POINT_COUNT = 6000  # points per cloud
+
+
+@pytest.fixture(scope="session")
+def point_build(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """(data root, banks): a 3D-only bank of a tiny synthetic Real3D-AD set (4 prototypes, 2 test clouds of
+    each kind), built by build-bank's library call."""
+    from patchbank_synthetic.real3d import generate
+
+    root = tmp_path_factory.mktemp("real3d")
+    generate(root / "data", [POINT_PART], n_test=2, points=POINT_COUNT, seed=3, progress=False)
+    req = BuildRequest(
+        category=POINT_PART,
+        data_root=root / "data",
+        banks=root / "banks",
+        method="point-fpfh",
+        progress=False,
+    )
+    build_bank(req)
+    return root / "data", root / "banks"
+
+
 class RedisServer:
     """A real redis-server without persistence; stop() and start() again on the same port."""
 

@@ -919,8 +919,8 @@ def test_real_service_depth_image_with_intrinsics(real_url: str, clouds: dict[st
     rgb, depth = clouds["rgb"], clouds["depth"]
     with PatchbankClient(real_url) as client:
         metres = client.score(CATEGORY, rgb, clouds["m"]).image_score
-        with pytest.raises(BadRequest, match="intrinsics"):
-            client.score(CATEGORY, rgb, depth)  # the bank stores no camera
+        bank_camera = client.score(CATEGORY, rgb, depth)  # the camera the bank stored from the dataset
+        assert bank_camera.image_score == pytest.approx(metres, rel=1e-4)
         got = client.score(CATEGORY, rgb, depth, intrinsics=DEMO_CAMERA.model_dump(exclude_none=True))
         assert got.image_score == pytest.approx(metres, rel=1e-4)
         with pytest.raises(BadRequest, match="xyz_unit"):

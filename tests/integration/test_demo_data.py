@@ -54,7 +54,7 @@ def test_layout_and_file_counts(dataset: tuple[Path, list[Path]]) -> None:
     assert written == [out / name for name in DEFAULT_CATEGORIES]
     assert sorted(p.name for p in out.iterdir()) == sorted(DEFAULT_CATEGORIES)  # no temporary folders left
     for cat_dir in written:
-        assert sorted(p.name for p in cat_dir.iterdir()) == ["test", "train", "validation"]
+        assert sorted(p.name for p in cat_dir.iterdir()) == ["calibration", "test", "train", "validation"]
         assert sorted(p.name for p in (cat_dir / "test").iterdir()) == sorted(["good", *DEFECT_KINDS])
         expected = {"train": COUNTS["n_train"], "validation": COUNTS["n_validation"]}
         for split, count in expected.items():

@@ -227,7 +227,7 @@ BAD_INPUTS = [
     ),
     (
         "xyz not HxWx3",
-        lambda rgb, xyz: ({"category": CATEGORY}, files(rgb, tiff(xyz[..., 2].copy()))),
+        lambda rgb, xyz: ({"category": CATEGORY}, files(rgb, tiff(np.concatenate([xyz, xyz[..., :1]], -1)))),
         400,
         "H x W x 3",
     ),

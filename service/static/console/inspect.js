@@ -1,7 +1,8 @@
 // Inspect: score one part (POST /score with its colour image and point cloud) and show the decision, the
 // anomaly map over the image, the defect regions, the stage timings, and the cloud in 3D coloured by the
 // map (POST /console/points). One scoring pass: the map comes as an array, drawn here with the service's
-// palette, so the overlay, the colour bar and the 3D colours all read the same values.
+// palette, so the overlay, the colour bar and the 3D colours all read the same values. A 3D-only bank's
+// category takes the point cloud alone; its answer's per-point scores colour the cloud.
 
 import { api, el, float16Array, fmt, fromBase64, getJson } from "./api.js";
 import { drawMap, loadPalette } from "./palette.js";
@@ -33,6 +34,7 @@ export function mount(section) {
     input.addEventListener("change", () => zone.classList.toggle("chosen", input.files.length > 0));
   }
   $("#inspect-sample").addEventListener("change", pickSample);
+  $("#inspect-category").addEventListener("change", inputMode);
   $("#map-toggle").addEventListener("change", layers);
   $("#map-opacity").addEventListener("input", layers);
   $("#box-toggle").addEventListener("change", layers);
@@ -43,7 +45,10 @@ export async function show() {
   if (select.options.length) return;
   try {
     const answer = await getJson("categories");
-    select.replaceChildren(...answer.categories.map((c) => el("option", { value: c.name, text: c.name })));
+    select.replaceChildren(
+      ...answer.categories.map((c) => el("option", { value: c.name, text: c.name, "data-input": c.input })),
+    );
+    inputMode();
   } catch (err) {
     failed(`Could not read the categories: ${err.message}`);
   }
@@ -90,6 +95,26 @@ async function pickSample() {
 
 export function hide() {}
 
+// Is the chosen category a 3D-only bank (one unorganized cloud, no colour image)?
+function pointsOnly() {
+  const option = $("#inspect-category").selectedOptions[0];
+  return option?.dataset.input === "points";
+}
+
+// Show the fields and views the chosen category's bank takes and answers.
+function inputMode() {
+  const points = pointsOnly();
+  $("#inspect-rgb").required = !points;
+  $('[data-drop="rgb"]').hidden = points;
+  $("#inspect-unit").closest("label").hidden = points; // a 3D-only bank reads the file's own unit
+  $("#inspect-intrinsics").closest("details").hidden = points;
+  $("#overlay-figure").hidden = points;
+  $("#regions-section").hidden = points;
+  $("#view3d-note").textContent = points
+    ? "Drag to turn the part, scroll to zoom. Points are coloured by their own scores."
+    : "Drag to turn the part, scroll to zoom. Points are coloured by the anomaly map.";
+}
+
 function failed(message) {
   const error = $("#inspect-error");
   error.textContent = message;
@@ -100,8 +125,9 @@ function fields(names) {
   const form = new FormData();
   for (const name of names) {
     const input = $(`[name="${name}"]`);
-    if (input.type === "file") form.append(name, input.files[0]);
-    else if (input.value.trim()) form.append(name, input.value.trim());
+    if (input.type === "file") {
+      if (input.files.length) form.append(name, input.files[0]);
+    } else if (input.value.trim()) form.append(name, input.value.trim());
   }
   return form;
 }
@@ -112,7 +138,9 @@ async function submit(event) {
   const button = $("#inspect-submit");
   button.disabled = true;
   $("#inspect-busy").hidden = false;
-  const scoring = fields(["category", "rgb", "xyz", "xyz_unit", "intrinsics", "sample_id"]);
+  const points = pointsOnly();
+  const camera = points ? [] : ["rgb", "xyz_unit", "intrinsics"]; // a 3D-only bank takes the cloud alone
+  const scoring = fields(["category", "xyz", "sample_id", ...camera]);
   scoring.append("map", "array");
   const cloud = api("console/points", {
     method: "POST",
@@ -125,7 +153,7 @@ async function submit(event) {
       loadPalette(),
     ]);
     refresh();
-    const map = await showResult(result, palette);
+    const map = points ? showPoints(result, palette) : await showResult(result, palette);
     try {
       const points = await cloud;
       await showCloud($("#view3d"), $("#view3d-note"), {
@@ -159,7 +187,8 @@ async function loadRgb(file) {
   }
 }
 
-async function showResult(result, palette) {
+// The decision, score, bank and timings lines every answer has.
+function showDecision(result) {
   $("#inspect-result").hidden = false;
   const decision = $("#decision");
   decision.textContent = result.is_anomalous ? "NG" : "OK";
@@ -171,7 +200,25 @@ async function showResult(result, palette) {
     .map(([stage, ms]) => `${stage} ${ms.toFixed(1)}`)
     .join(" · ")
     .concat(" ms");
+}
 
+// A 3D-only bank's answer: its per-point scores, as the 3D view's colour values (one row, a point's index
+// in the file as its column).
+function showPoints(result, palette) {
+  showDecision(result);
+  const scores = result.points;
+  if (!scores) return null;
+  const [x, y, z] = scores.peak_xyz.map((v) => fmt(v, 3));
+  $("#score-line").textContent +=
+    ` · peak point #${scores.peak_index} (${x}, ${y}, ${z}) · ` +
+    `${scores.above_threshold.toLocaleString()} of ${scores.count.toLocaleString()} points above ` +
+    `${fmt(result.pixel_threshold)}`;
+  const values = float16Array(fromBase64(scores.data));
+  return { values, width: scores.count, height: 1, threshold: result.pixel_threshold, palette };
+}
+
+async function showResult(result, palette) {
+  showDecision(result);
   const amap = result.anomaly_map;
   const size = await loadRgb($("#inspect-rgb").files[0]);
   const [width, height] = size || [amap.width, amap.height];
