@@ -65,7 +65,7 @@ class Features(Options):
         None,
         description="JSON of the depth camera {fx, fy, cx, cy, depth_scale}: reads depth-image datasets and "
         "is stored in the bank for lines that send depth images alone (default: the dataset's "
-        "<category>/intrinsics.json)",
+        "<category>/intrinsics.json, else MVTec 3D-AD's <category>/calibration/camera_parameters.json)",
     )
     target_frr: float | None = Field(
         None,

@@ -11,8 +11,8 @@
 #         WORK/banks/         one bank per category, Patchbank's default method
 #         WORK/survey/        its survey tables beside BTF's and M3DM's published rows (evaluate --all --out)
 # --btf also runs BTF's published method into WORK/banks-btf/ and WORK/survey-btf/: rgb+fpfh, whose RGB
-#       backbone is the published wide_resnet50_2 by default (its ImageNet weights come from timm's hub or
-#       its cache, so the first build needs the network or a filled cache).
+#       backbone is the published wide_resnet50_2 by default (its ImageNet weights: the local file that
+#       BTF_WEIGHTS names, e.g. wide_resnet50_2.tv_in1k.safetensors, else timm's hub or its cache).
 #
 # Rerun the same command to resume: preprocessing skips the clouds already done, and evaluate --all builds
 # only the banks that are missing. PATCHBANK names the command (default: patchbank); the device and other
@@ -82,8 +82,10 @@ echo "== Patchbank's default method -> $work/banks, $work/survey"
 if [[ $btf -eq 1 ]]; then
     echo "== BTF's published method (rgb+fpfh, wide_resnet50_2) -> $work/banks-btf, $work/survey-btf"
     # evaluate --all builds a missing bank with build's defaults: rgb+fpfh's backbone is wide_resnet50_2
+    weights=()
+    [[ -z "${BTF_WEIGHTS:-}" ]] || weights=(--weights "$BTF_WEIGHTS")
     "${patchbank[@]}" evaluate --all --data-root "$work/preprocessed" --banks "$work/banks-btf" \
-        --out "$work/survey-btf" --method rgb+fpfh
+        --out "$work/survey-btf" --method rgb+fpfh "${weights[@]}"
 fi
 surveys="$work/survey"
 [[ $btf -eq 0 ]] || surveys+=" and $work/survey-btf"
