@@ -12,7 +12,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -38,7 +38,7 @@ from patchbank_builder.calibrate import (
     held_out_training,
     score_stats,
 )
-from patchbank_builder.evaluate import Evaluation, Scored, evaluate_scored
+from patchbank_builder.evaluate import Evaluation, Labelled, Scored, evaluate_scored
 from patchbank_builder.options import DEFAULT_TARGET_FRR
 
 log = logging.getLogger(__name__)
@@ -114,11 +114,12 @@ def new_manifest(
     method: str,
     members: Sequence[bankfmt.Member],
     fusion: Fusion | None,
-    train: Sequence[SampleRef],
+    training: bankfmt.TrainingInfo,
     stats: bankfmt.ScoreStats,
     scoring: Scoring,
     cloud_scale: CloudScale | None = None,
     intrinsics: Intrinsics | None = None,
+    takes: Literal["image", "points"] = "image",
 ) -> bankfmt.Manifest:
     """The manifest of a bank not yet written (its version is assigned by ``write_version``)."""
     return bankfmt.Manifest(
@@ -129,15 +130,19 @@ def new_manifest(
         members=list(members),
         fusion=fusion,
         scoring=scoring,
-        training=bankfmt.TrainingInfo(
-            n_samples=len(train), samples=[r.name for r in train], digest=digest(train)
-        ),
+        training=training,
         score_stats=stats,
         thresholds=default_thresholds(stats),
         libraries=bankfmt.library_versions(),
         cloud_scale=cloud_scale,
         intrinsics=intrinsics,
+        input=takes,
     )
+
+
+def training_info(train: Sequence[Labelled], digest: str) -> bankfmt.TrainingInfo:
+    """What the manifest says of the training samples: their count, names and ``digest``."""
+    return bankfmt.TrainingInfo(n_samples=len(train), samples=[r.name for r in train], digest=digest)
 
 
 def coreset_index(
@@ -228,7 +233,10 @@ def build_bank(req: BuildRequest) -> BuildResult:
     ]
     camera = train[0].intrinsics  # --intrinsics, else the dataset's
     scale = dataset_scale(train)
-    manifest = new_manifest(req.category, method.name, members, fusion, train, stats, scoring, scale, camera)
+    training = training_info(train, digest(train))
+    manifest = new_manifest(
+        req.category, method.name, members, fusion, training, stats, scoring, scale, camera
+    )
     if req.calibrate:
         manifest = calibrate_target_frr(manifest, req.target_frr)
 

@@ -4,12 +4,12 @@ defect kind (each kind against all good samples), plus the decision rates at the
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
-from typing import TypeVar
+from collections.abc import Callable, Sequence
+from typing import Protocol, TypeVar
 
 import numpy as np
 
-from patchbank.bank import Calibration, EvaluationRecord, Figures, SampleScore, is_anomalous
+from patchbank.bank import Calibration, EvaluationRecord, Figures, Manifest, SampleScore, is_anomalous
 from patchbank.data import GOOD, SampleRef, read_mask
 from patchbank.errors import InputError
 from patchbank.metrics import au_pro, image_auroc, pixel_auroc
@@ -21,6 +21,16 @@ from patchbank.scorer import BankScorer
 from patchbank_builder.thresholds import clopper_pearson
 
 E = TypeVar("E", bound=EvaluationRecord)
+
+
+class Labelled(Protocol):
+    """A labelled test sample: an image sample (``SampleRef``) or a cloud (``PointSampleRef``)."""
+
+    @property
+    def kind(self) -> str: ...
+
+    @property
+    def name(self) -> str: ...
 
 
 class Evaluation(EvaluationRecord):
@@ -66,20 +76,40 @@ def evaluate_scored(
     scorer: BankScorer, refs: Sequence[SampleRef], progress: bool = True
 ) -> tuple[Evaluation, Scored]:
     """The figures, and the scores, maps and masks they were computed from (what the report draws)."""
-    kinds = np.array([r.kind for r in refs])
-    if GOOD not in kinds or len(set(kinds)) < 2:
-        raise InputError("evaluation needs good and defective test samples (test/good and test/<defect>)")
+    labelled_kinds(refs, "test samples (test/good and test/<defect>)")
     start = time.perf_counter()
     image, amaps, gts = score_labelled(scorer, refs, progress)
     score_ms = (time.perf_counter() - start) * 1000 / len(refs)
-    labels = (kinds != GOOD).astype(int)
-    overall = figures(labels, image, gts, amaps)
-    per_defect = {}
-    for kind in sorted(set(kinds) - {GOOD}):
-        sel = (kinds == GOOD) | (kinds == kind)
-        per_defect[kind] = figures(labels[sel], image[sel], gts[sel], amaps[sel])
-    m = scorer.bank.manifest
-    thr = m.thresholds.image
+    labels = (np.array([r.kind for r in refs]) != GOOD).astype(int)
+    ev = assemble(
+        scorer.bank.manifest,
+        refs,
+        image,
+        lambda sel: figures(labels[sel], image[sel], gts[sel], amaps[sel]),
+        score_ms,
+    )
+    return ev, Scored(refs, image, amaps, gts)
+
+
+def labelled_kinds(refs: Sequence[Labelled], what: str) -> np.ndarray:
+    """(n,) the samples' kinds; InputError unless there are good ones and defective ones (``what``)."""
+    kinds = np.array([r.kind for r in refs])
+    if GOOD not in kinds or len(set(kinds)) < 2:
+        raise InputError(f"evaluation needs good and defective {what}")
+    return kinds
+
+
+def assemble(
+    m: Manifest,
+    refs: Sequence[Labelled],
+    scores: np.ndarray,
+    figures_of: Callable[[np.ndarray], Figures],
+    score_ms: float,
+) -> Evaluation:
+    """An evaluation from each sample's score and ``figures_of`` a (n,) bool selection of the samples:
+    overall, then per defect kind against all goods; decisions at the bank's image threshold."""
+    kinds = np.array([r.kind for r in refs])
+    overall = figures_of(np.ones(len(refs), dtype=bool))
     ev = Evaluation(
         category=m.category,
         bank_version=m.version,
@@ -88,18 +118,18 @@ def evaluate_scored(
         pixel_auroc=overall.pixel_auroc,
         au_pro=overall.au_pro,
         n_test=len(refs),
-        per_defect=per_defect,
+        per_defect={k: figures_of((kinds == GOOD) | (kinds == k)) for k in sorted(set(kinds) - {GOOD})},
         score_ms=score_ms,
-        threshold=thr,
+        threshold=m.thresholds.image,
         false_reject_rate=0.0,
         miss_rate=0.0,
         calibration=describe_calibration(m.calibration),
         scores=[
             SampleScore(name=r.name, kind=r.kind, image_score=float(v), is_anomalous=False)
-            for r, v in zip(refs, image, strict=True)
+            for r, v in zip(refs, scores, strict=True)
         ],
     )
-    return at_threshold(ev, thr), Scored(refs, image, amaps, gts)
+    return at_threshold(ev, m.thresholds.image)
 
 
 def at_threshold(ev: E, threshold: float) -> E:

@@ -34,7 +34,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from patchbank import bank as bankfmt
-from patchbank.bank import Figures, SampleScore
+from patchbank.bank import Figures
 from patchbank.errors import DataError, InputError
 from patchbank.methods import parse_method
 from patchbank.points.data import (
@@ -51,10 +51,18 @@ from patchbank.points.data import (
 from patchbank.points.features import PointExtractor, PointFeatures, create_point_extractor
 from patchbank.points.metrics import object_auroc, point_au_pro_regions, point_auroc, point_regions
 from patchbank.points.scorer import POINTS, PointBankScorer, centre_scores, load_point_scorer
+from patchbank.rules import Scoring
 from patchbank.weights import NO_WEIGHTS
-from patchbank_builder.build import BuildRequest, BuildResult, coreset_index, timed
-from patchbank_builder.calibrate import calibrate_target_frr, default_thresholds, score_stats
-from patchbank_builder.evaluate import Evaluation, at_threshold, describe_calibration
+from patchbank_builder.build import (
+    BuildRequest,
+    BuildResult,
+    coreset_index,
+    new_manifest,
+    timed,
+    training_info,
+)
+from patchbank_builder.calibrate import calibrate_target_frr, score_stats
+from patchbank_builder.evaluate import Evaluation, assemble, labelled_kinds
 
 
 def training_features(
@@ -122,19 +130,9 @@ def build_point_bank(req: BuildRequest) -> BuildResult:
         coreset=info,
         held_out=bankfmt.MemberStats(image_scores=[float(v) for v in objects]),
     )
-    manifest = bankfmt.Manifest(
-        category=req.category,
-        version="v0000",
-        created_at=bankfmt.now_utc(),
-        method=method.name,
-        members=[member],
-        training=bankfmt.TrainingInfo(
-            n_samples=len(train), samples=[r.name for r in train], digest=point_digest(train)
-        ),
-        score_stats=stats,
-        thresholds=default_thresholds(stats),
-        libraries=bankfmt.library_versions(),
-        input=POINTS,
+    training = training_info(train, point_digest(train))
+    manifest = new_manifest(
+        req.category, method.name, [member], None, training, stats, Scoring(), takes=POINTS
     )
     if req.calibrate:
         manifest = calibrate_target_frr(manifest, req.target_frr)
@@ -161,9 +159,7 @@ def evaluate_points(
 ) -> Evaluation:
     """The bank's object AUROC, point AUROC and point AU-PRO on labelled test clouds, overall and per defect
     kind (against all good clouds), with its decisions at the bank's object threshold."""
-    kinds = np.array([r.kind for r in refs])
-    if GOOD not in kinds or len(set(kinds)) < 2:
-        raise InputError("evaluation needs good and defective test clouds (test/<n>_good.pcd and defects)")
+    labelled_kinds(refs, "test clouds (test/<n>_good.pcd and defects)")
     objects = np.zeros(len(refs))
     point_scores, labels, regions = [], [], []
     scoring_s = 0.0
@@ -176,7 +172,7 @@ def evaluate_points(
         point_scores.append(prediction.point_scores)
         labels.append(y)
         regions.append(point_regions(points, y))
-    defective = (kinds != GOOD).astype(int)
+    defective = np.array([r.kind != GOOD for r in refs], dtype=int)
 
     def figures(sel: np.ndarray) -> Figures:
         idx = np.flatnonzero(sel)
@@ -187,28 +183,7 @@ def evaluate_points(
             n=len(idx),
         )
 
-    overall = figures(np.ones(len(refs), dtype=bool))
-    m = scorer.bank.manifest
-    ev = Evaluation(
-        category=m.category,
-        bank_version=m.version,
-        method=m.method,
-        image_auroc=overall.image_auroc,
-        pixel_auroc=overall.pixel_auroc,
-        au_pro=overall.au_pro,
-        n_test=len(refs),
-        per_defect={k: figures((kinds == GOOD) | (kinds == k)) for k in sorted(set(kinds) - {GOOD})},
-        score_ms=scoring_s * 1000 / len(refs),
-        threshold=m.thresholds.image,
-        false_reject_rate=0.0,
-        miss_rate=0.0,
-        calibration=describe_calibration(m.calibration),
-        scores=[
-            SampleScore(name=r.name, kind=r.kind, image_score=float(v), is_anomalous=False)
-            for r, v in zip(refs, objects, strict=True)
-        ],
-    )
-    return at_threshold(ev, m.thresholds.image)
+    return assemble(scorer.bank.manifest, refs, objects, figures, scoring_s * 1000 / len(refs))
 
 
 def evaluate_point_version(

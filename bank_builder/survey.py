@@ -37,11 +37,13 @@ from patchbank.data import digest, list_samples
 from patchbank.errors import BankError, DataError
 from patchbank.files import write_atomic
 from patchbank.methods import DEFAULT_METHOD, parse_method
+from patchbank.points.data import is_point_dataset, list_point_samples, point_digest
 from patchbank.scorer import load_scorer
 from patchbank.weights import WeightsRequest
 from patchbank_builder.build import BuildRequest, build_bank
 from patchbank_builder.evaluate import evaluate
 from patchbank_builder.options import CompareOptions
+from patchbank_builder.points import evaluate_point_version
 from patchbank_builder.published import (
     METRICS,
     Metric,
@@ -84,18 +86,11 @@ def survey_categories(root: Path) -> list[str]:
 
 
 # POINT ROOTS: the one place the survey tells a Real3D-AD-style point-cloud category from an MVTec 3D-AD one
-# and reads it (patchbank.points.data, patchbank_builder.points: the point method point-fpfh). Without the
-# patchbank.points package every category is read as an RGB + 3D (MVTec 3D-AD) one.
+# and reads it (patchbank.points.data, patchbank_builder.points: the point method point-fpfh).
 
 
 def point_category(root: Path, category: str) -> bool:
-    """Whether the category is a Real3D-AD-style point-cloud dataset (False without patchbank.points)."""
-    try:
-        from patchbank.points.data import is_point_dataset
-    except ModuleNotFoundError as exc:
-        if not (exc.name or "").startswith("patchbank.points"):
-            raise
-        return False
+    """Whether the category is a Real3D-AD-style point-cloud dataset."""
     return bool(is_point_dataset(Path(root), category))
 
 
@@ -108,8 +103,6 @@ def default_method(root: Path, category: str) -> str:
 def training_digest(root: Path, category: str) -> str:
     """The digest a bank built on this root's train split records (``manifest.training.digest``)."""
     if point_category(root, category):
-        from patchbank.points.data import list_point_samples, point_digest
-
         return point_digest(list_point_samples(root, category, "train"))
     return digest(list_samples(root, category, "train", kinds=["good"]))
 
@@ -117,8 +110,6 @@ def training_digest(root: Path, category: str) -> str:
 def split_test_names(root: Path, category: str) -> list[str]:
     """The names of the test split's samples, as an evaluation records them (``SampleScore.name``)."""
     if point_category(root, category):
-        from patchbank.points.data import list_point_samples
-
         return [r.name for r in list_point_samples(root, category, "test")]
     return [r.name for r in list_samples(root, category, "test")]
 
@@ -126,8 +117,6 @@ def split_test_names(root: Path, category: str) -> list[str]:
 def evaluate_version(req: SurveyRequest, category: str, version: str) -> EvaluationRecord:
     """A bank version evaluated on the category's test split."""
     if point_category(req.data_root, category):
-        from patchbank_builder.points import evaluate_point_version
-
         return evaluate_point_version(req.banks, Path(req.data_root), category, version, req.progress)
     scorer = load_scorer(req.banks, category, version, req.device, req.weights)
     return evaluate(scorer, list_samples(req.data_root, category, "test"), req.progress)

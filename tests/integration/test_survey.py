@@ -21,6 +21,7 @@ from patchbank_builder.calibrate import calibrate_version
 from patchbank_builder.published import published
 from patchbank_builder.survey import Cell, assemble
 from patchbank_builder.survey_tables import render_text
+from patchbank_synthetic.real3d import generate as generate_real3d
 from tests.conftest import CATEGORY, OTHER
 
 KEYS = ("image_auroc", "pixel_auroc", "au_pro")
@@ -176,12 +177,10 @@ def test_compare_all_builds_each_method_once(demo_root: Path, tmp_path: Path) ->
 
 def test_a_point_cloud_root_is_surveyed_with_point_fpfh(tmp_path: Path) -> None:
     """A Real3D-AD-style root: its default method, its metric names, and the built bank's figures."""
-    pytest.importorskip("patchbank.points.data")
-    real3d = pytest.importorskip("patchbank_synthetic.real3d")
     root, banks = tmp_path / "root", tmp_path / "banks"
     (category,) = (
         p.name
-        for p in real3d.generate(root, ["capsule"], n_prototypes=2, n_test=2, points=2000, progress=False)
+        for p in generate_real3d(root, ["capsule"], n_prototypes=2, n_test=2, points=2000, progress=False)
     )
     code, out, err = run("evaluate", "--all", "--data-root", root, "--banks", banks, "--quiet")
     assert code == 0, err
